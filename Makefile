@@ -1,0 +1,58 @@
+# hapo: every target is a thin wrapper over the CLI. Variables pass through:
+#   make hapo OVERRIDES="trainer.total_steps=100"   make eval-all MODEL=runs/x/checkpoints/step_000060
+#   make ablate-paper EXP=hapo_qwen2.5_math_7b SEEDS=3   make report SWEEP=runs/sweeps/paper
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+TORCH ?= torch==2.13.0
+MODEL ?= tiny
+EXP ?=
+SEEDS ?= 1
+OVERRIDES ?=
+SWEEP ?= runs/sweeps
+BENCHES ?= aime24,aime25,amc23,math500,olympiadbench,minerva
+EXP_ARG = $(if $(EXP),experiment=$(EXP),)
+
+.PHONY: install install-dev test lint demo baseline hapo ablate-paper ablate-loo sweep-seeds eval-all report vllm-side-env bench
+
+install:            ## install hapo (pinned torch first: a CPU build here, CUDA on a GPU machine's index)
+	$(PIP) install "$(TORCH)" -e .
+
+install-dev:
+	$(PIP) install "$(TORCH)" -e ".[dev]"
+
+test: install-dev   ## install and run the test suite (what CI runs)
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check hapo_cli tests benchmarks
+
+demo:               ## the built-in default: HAPO on the tiny model, CPU, minutes
+	hapo train $(OVERRIDES)
+
+baseline:           ## DAPO baseline
+	hapo train algorithm=dapo $(EXP_ARG) $(OVERRIDES)
+
+hapo:               ## HAPO, all four components
+	hapo train algorithm=hapo $(EXP_ARG) $(OVERRIDES)
+
+ablate-paper:       ## the paper's ablation rows (ablations/paper.yaml)
+	hapo ablate --spec ablations/paper.yaml --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+
+ablate-loo:         ## leave-one-out: HAPO and HAPO minus each component
+	hapo ablate --spec ablations/leave_one_out.yaml --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+
+sweep-seeds:        ## DAPO vs HAPO over SEEDS seeds
+	hapo ablate --components A,B,C,D --mode single --include-baseline --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+
+eval-all:           ## every benchmark on MODEL
+	hapo eval --bench $(BENCHES) --model $(MODEL) $(OVERRIDES)
+
+report:             ## plots and tables of a sweep or runs
+	hapo report $(SWEEP)
+
+vllm-side-env:      ## vLLM's interface modules (no deps) in .vllm-env, for the contract test
+	bash scripts/install_vllm_side_env.sh
+
+bench:              ## the benchmark scripts (tables)
+	$(PYTHON) benchmarks/algo_overhead.py
+	$(PYTHON) benchmarks/grading_throughput.py

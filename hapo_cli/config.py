@@ -1,0 +1,351 @@
+"""Typed configuration: the schema (dataclasses, one comment a field) behind the Hydra YAML in conf/.
+
+Defaults live here; the YAML groups only set what differs (hapo-spec for the algorithm values).
+`compose_config` composes `conf/` with Hydra and validates it against this schema, so an
+unknown key or a bad value is ONE clear line naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hapo_cli.errors import HapoError
+
+COMPONENT_NAMES = {"A": "ats", "B": "tlga", "C": "dar", "D": "aac"}
+COMPONENT_TITLES = {
+    "A": "Adaptive Temperature Sampling",
+    "B": "Token-Level Group Average",
+    "C": "Differential Advantage Redistribution",
+    "D": "Asymmetric Adaptive Clipping",
+}
+
+
+@dataclass
+class ComponentsConfig:
+    """HAPO's four components, each an independent switch (letter or name; the name wins if set)."""
+
+    A: bool = False  # Adaptive Temperature Sampling: per-token rollout temperature from entropy
+    B: bool = False  # Token-Level Group Average: advantages normalised over all tokens of a group
+    C: bool = False  # Differential Advantage Redistribution: advantages scaled by entropy and ratio
+    D: bool = False  # Asymmetric Adaptive Clipping: entropy-dependent left/right clip bounds
+    ats: Optional[bool] = None  # alias of A (overrides A when set)
+    tlga: Optional[bool] = None  # alias of B (overrides B when set)
+    dar: Optional[bool] = None  # alias of C (overrides C when set)
+    aac: Optional[bool] = None  # alias of D (overrides D when set)
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO overlong reward shaping (hapo-spec DAPO pieces)."""
+
+    enable: bool = True  # add the soft length penalty to the reward
+    buffer_len: int = 4096  # Lb: penalty ramps over the last Lb tokens before max_response_length
+    penalty_factor: float = 1.0  # scale of the penalty (reaches -factor at the hard limit)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The policy-optimisation algorithm (hapo-spec; names as in the spec)."""
+
+    name: str = "hapo"  # label of the preset (grpo, dapo, hapo, hapo_reference) for logs and tables
+    components: ComponentsConfig = field(default_factory=ComponentsConfig)  # HAPO components A-D
+    norm_by_std: bool = True  # GRPO advantage divides by the group std (false: Dr.GRPO)
+    entropy_mode: str = "paper"  # h normalisation: paper (signed, [-1,1]) or reference (released code, V shape)
+    entropy_pivot: float = 0.8  # rho: quantile of log-entropy that splits low from high entropy
+    stats_scope: str = "batch"  # batch (old-policy stats, fixed per step) or microbatch (released code)
+    temperature_tau: float = 0.05  # A: T = T_base * (1 + tau * h)
+    tlga_fallback_threshold: Optional[float] = 5.0  # B: GRPO fallback when any |A| reaches this (null: off)
+    adv_beta: float = 1.0  # C: A_e = A * (1 + beta * h)
+    clip_alpha: float = 1.0  # D: bound widening strength
+    clip_ratio_low: float = 0.2  # eps_L, left clip bound (ratio >= 1 - eps_L)
+    clip_ratio_high: float = 0.28  # eps_R, right clip bound (ratio <= 1 + eps_R); 0.28 is DAPO clip-higher
+    clip_ratio_c: float = 10.0  # dual-clip constant c for negative advantages (> 1)
+    loss_agg: str = "token-mean"  # token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm
+    dynamic_sampling: bool = True  # DAPO: drop groups whose accuracies are all equal, generate more
+    max_num_gen_batches: int = 4  # generation rounds per step for dynamic sampling (0: unlimited)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)  # DAPO overlong reward shaping
+    mask_truncated: bool = False  # drop truncated responses from the loss
+    kl_coef: float = 0.0  # KL penalty to the reference (initial) policy, k3 estimator (0: off, no ref model)
+    entropy_coef: float = 0.0  # entropy bonus coefficient (0: off)
+
+    def enabled(self) -> dict[str, bool]:
+        """Resolved component switches {A: bool, ...} (aliases applied)."""
+        c = self.components
+        out = {}
+        for letter, name in COMPONENT_NAMES.items():
+            alias = getattr(c, name)
+            out[letter] = bool(alias) if alias is not None else bool(getattr(c, letter))
+        return out
+
+
+@dataclass
+class ModelConfig:
+    """The policy model: a Hub id, a local folder, or `tiny` (the built-in warm-started model)."""
+
+    name_or_path: str = "tiny"  # Hub id (e.g. Qwen/Qwen2.5-Math-7B), local folder, or tiny
+    dtype: str = "float32"  # float32, bfloat16 or float16 (training weights)
+    trust_remote_code: bool = False  # pass to from_pretrained
+    gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
+    attn_implementation: Optional[str] = None  # sdpa, flash_attention_2, eager (null: transformers' default)
+    chat_template: bool = False  # wrap prompts with the tokenizer's chat template
+    logits_chunk_size: int = 1024  # tokens per chunk when projecting to the vocabulary (memory bound)
+
+
+@dataclass
+class DataConfig:
+    """Training prompts and the held-out validation set."""
+
+    name: str = "synthetic"  # synthetic, dapo_math (DAPO-Math-17k) or a local parquet/jsonl/json path
+    path: Optional[str] = None  # local file or Hub id overriding the preset's source
+    question_key: str = "question"  # column with the question (string) or a chat list
+    answer_key: str = "answer"  # column with the gold answer (dotted path allowed: reward_model.ground_truth)
+    prompt_template: str = "{question}"  # how a question becomes a prompt (before the chat template)
+    reward: str = "synthetic"  # verifier: synthetic (exact integer) or dapo (Answer: line + math-verify)
+    max_train_rows: Optional[int] = None  # cap on training rows (null: all)
+    val_path: Optional[str] = None  # held-out file (synthetic: built in); null disables validation for files
+    val_size: int = 256  # validation questions
+    val_samples: int = 4  # k in avg@k
+    val_temperature: float = 1.0  # validation sampling temperature (ATS never applies)
+    val_top_p: float = 1.0  # validation nucleus mass
+    max_prompt_length: int = 1024  # prompts longer than this are left-truncated
+    max_response_length: int = 8  # Lmax: generation cap (tokens)
+
+
+@dataclass
+class RolloutConfig:
+    """The generation engine and its sampling settings for training rollouts."""
+
+    engine: str = "hf"  # hf (transformers generate) or vllm
+    temperature: float = 1.0  # T_base for rollouts
+    top_p: float = 1.0  # nucleus mass for rollouts
+    top_k: int = 0  # 0: off
+    batch_size: int = 512  # sequences per generate call (memory)
+    gpu_memory_utilization: float = 0.5  # vllm only: share of GPU memory for the engine
+    tensor_parallel_size: int = 1  # vllm only
+
+
+@dataclass
+class TrainerConfig:
+    """The optimisation loop (hapo-spec reference hyperparameters are in experiment/ presets)."""
+
+    total_steps: int = 200  # training steps (one rollout batch each)
+    train_batch_size: int = 32  # prompts per step (informative groups after dynamic sampling)
+    group_size: int = 8  # G: responses per prompt
+    mini_batch_size: int = 16  # prompts per optimizer update (train_batch/mini_batch updates per step)
+    micro_batch_size: int = 128  # responses per forward/backward (gradient accumulation inside a mini-batch)
+    ppo_epochs: int = 1  # passes over the rollout batch
+    lr: float = 5e-4  # AdamW learning rate
+    warmup_steps: int = 5  # linear warmup (optimizer updates)
+    lr_schedule: str = "constant"  # constant or cosine after warmup
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    val_every: int = 20  # validate every N steps (0: only at start and end)
+    val_at_start: bool = True  # validate before the first step (the warm-start figure)
+    save_every: int = 50  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 1  # how many step checkpoints to keep
+    num_threads: int = 0  # torch CPU threads (0: leave torch's default)
+    device: str = "auto"  # auto (accelerate's choice), cpu, cuda
+    mixed_precision: str = "no"  # no, bf16, fp16 (accelerate)
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging."""
+
+    mode: str = "auto"  # auto (online with credentials, else offline), online, offline, disabled
+    project: str = "hapo"  # W&B project
+    entity: Optional[str] = None  # W&B entity (team)
+    group: Optional[str] = None  # W&B group (sweeps set it)
+    tags: list[str] = field(default_factory=list)  # extra tags
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go (metrics.jsonl in the run directory always)."""
+
+    name: str = "wandb"  # wandb or none
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # W&B settings
+    console_every: int = 1  # print a progress line every N steps
+
+
+@dataclass
+class Config:
+    """A whole `hapo train` run."""
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # conf/algorithm/
+    model: ModelConfig = field(default_factory=ModelConfig)  # conf/model/
+    data: DataConfig = field(default_factory=DataConfig)  # conf/data/
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # conf/rollout/
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the optimisation loop
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/
+    experiment: Optional[str] = None  # name of the experiment preset applied (conf/experiment/)
+    seed: int = 0  # seeds everything (data order, sampling, init of added heads)
+    run_name: Optional[str] = None  # run folder name (default: <algorithm>-<data>-<timestamp>)
+    output_dir: str = "runs"  # parent folder of run directories
+    run_dir: Optional[str] = None  # exact run directory (overrides output_dir/run_name)
+    resume: bool = False  # continue from the last checkpoint in run_dir
+    save_rollouts: bool = True  # keep a sample of each step's rollouts (JSONL) for hapo report
+
+
+GROUPS = ("algorithm", "model", "data", "rollout", "logger", "experiment")
+
+
+def conf_dir() -> Path:
+    """The conf/ folder: $HAPO_CONF_DIR, or the one beside the hapo_cli package."""
+    env = os.environ.get("HAPO_CONF_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "conf"
+    if here.is_dir():
+        return here
+    raise HapoError("cannot find the conf/ folder: install hapo from a checkout (pip install -e .) or set HAPO_CONF_DIR")
+
+
+def group_options(group: str) -> list[str]:
+    d = conf_dir() / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _valid_keys(schema: Any, dotted: str) -> list[str]:
+    """Field names at the level where `dotted` fails."""
+    from dataclasses import fields, is_dataclass
+
+    obj = schema
+    for part in dotted.split(".")[:-1]:
+        if is_dataclass(obj) and part in {f.name for f in fields(obj)}:
+            obj = getattr(obj, part)
+        else:
+            break
+    return [f.name for f in fields(obj)] if is_dataclass(obj) else []
+
+
+def _check_overrides(overrides: list[str]) -> list[str]:
+    """Each override is key=value with a key of the schema (or a group): else one line naming valid keys."""
+    from dataclasses import fields, is_dataclass
+
+    for o in overrides:
+        if "=" not in o and not o.startswith("~"):
+            raise HapoError(f"override {o!r} is not key=value (e.g. algorithm=dapo or trainer.lr=1e-5)")
+        key, _, value = o.lstrip("+~").partition("=")
+        if key in GROUPS:
+            opts = group_options(key)
+            if value not in opts and not (key == "experiment" and value in ("null", "")):
+                raise HapoError(f"unknown {key} {value!r}; choose one of: {', '.join(opts)}")
+            continue
+        node: Any = Config()
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not is_dataclass(node):
+                break
+            names = [f.name for f in fields(node)]
+            if part not in names:
+                where = ".".join(parts[:i]) or "the top level"
+                raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}")
+            node = getattr(node, part)
+    return overrides
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="hapo_schema", node=Config)
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, Any]:
+    """Compose conf/config.yaml with `overrides`, validate, return (typed Config, DictConfig)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    overrides = _check_overrides(list(overrides))
+    _register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            raw = compose(config_name="config", overrides=overrides)
+    except (MissingConfigException, ConfigCompositionException) as err:
+        raise HapoError(_composition_message(err, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+    schema = OmegaConf.structured(Config)
+    container = OmegaConf.to_container(raw, resolve=True)
+    try:
+        merged = OmegaConf.merge(schema, container)
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or str(err)
+        valid = _valid_keys(Config(), str(key))
+        raise HapoError(f"unknown config key {key!r}; valid keys there: {', '.join(valid)}") from None
+    except ValidationError as err:
+        key = getattr(err, "full_key", "?")
+        raise HapoError(f"bad value for {key}: {str(err).splitlines()[0]}") from None
+    cfg: Config = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg, merged
+
+
+def _composition_message(err: Exception, overrides: list[str]) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key in GROUPS:
+            opts = group_options(key)
+            if value not in opts:
+                return f"unknown {key} {value!r}; choose one of: {', '.join(opts)}"
+    if "Could not override" in text or "Key" in text:
+        return f"{text} (see `hapo train --help` for the groups and keys)"
+    return text
+
+
+_CHOICES = {
+    "algorithm.entropy_mode": ("paper", "reference"),
+    "algorithm.stats_scope": ("batch", "microbatch"),
+    "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
+    "rollout.engine": ("hf", "vllm"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.reward": ("synthetic", "dapo"),
+    "trainer.lr_schedule": ("constant", "cosine"),
+    "trainer.mixed_precision": ("no", "bf16", "fp16"),
+    "logger.name": ("wandb", "none"),
+    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the types cannot express; each failure is one line naming the fix."""
+    for dotted, choices in _CHOICES.items():
+        obj: Any = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if obj not in choices:
+            raise HapoError(f"{dotted}={obj!r} is not valid; choose one of: {', '.join(choices)}")
+    a, t, d = cfg.algorithm, cfg.trainer, cfg.data
+    checks = [
+        (a.clip_ratio_c > 1, "algorithm.clip_ratio_c must be > 1"),
+        (0 < a.entropy_pivot < 1, "algorithm.entropy_pivot must be in (0, 1)"),
+        (a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "clip ratios must be >= 0"),
+        (t.group_size >= 2, "trainer.group_size must be >= 2 (advantages compare responses of a prompt)"),
+        (t.train_batch_size >= 1 and t.mini_batch_size >= 1, "trainer batch sizes must be >= 1"),
+        (t.train_batch_size % t.mini_batch_size == 0,
+         f"trainer.train_batch_size ({t.train_batch_size}) must be a multiple of trainer.mini_batch_size ({t.mini_batch_size})"),
+        (t.micro_batch_size >= 1, "trainer.micro_batch_size must be >= 1"),
+        (t.total_steps >= 0, "trainer.total_steps must be >= 0"),
+        (d.max_response_length >= 1, "data.max_response_length must be >= 1"),
+        (a.max_num_gen_batches >= 0, "algorithm.max_num_gen_batches must be >= 0 (0: unlimited)"),
+        (d.val_samples >= 1, "data.val_samples must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise HapoError(message)
+
+
+def describe_components(cfg: Config) -> str:
+    on = cfg.algorithm.enabled()
+    letters = "".join(k for k, v in on.items() if v)
+    return letters or "none"

@@ -1,0 +1,135 @@
+"""Rollouts with transformers `generate`; Adaptive Temperature Sampling as a `LogitsProcessor`.
+
+`generate` merges user processors BEFORE its own temperature / top-k / top-p warpers, so the ATS
+processor sees the raw next-token logits (hapo-spec A) and divides them by (1 + tau * h); the
+engine's temperature division comes after it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hapo_cli.rollout.base import ATSParams, Rollout, SamplingParams, concat_rollouts, pad_left
+
+
+class AdaptiveTemperatureProcessor:
+    """transformers LogitsProcessor: logits / (1 + tau * h), h from the previous step's EntropyStats.
+
+    Records the factor it applied at every decoding step (`factors`, a list of [N] tensors), so
+    the engine can report the effective per-token temperature T_base * factor.
+    """
+
+    def __init__(self, ats: ATSParams, base_temperature: float):
+        from hapo_cli.algo import EntropyStats
+
+        self.stats = EntropyStats.from_dict(ats.stats)
+        self.tau = float(ats.tau)
+        self.mode = ats.mode
+        self.base_temperature = float(base_temperature)
+        self.factors: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from hapo_cli.algo import adaptive_temperature
+
+        stats = self.stats.to(scores.device)
+        factor = adaptive_temperature(scores, 1.0, stats, self.tau, mode=self.mode)  # [N] = 1 + tau*h
+        self.factors.append(factor.detach().float().cpu())
+        return scores / factor.to(scores.dtype).unsqueeze(-1)
+
+
+def _as_logits_processor(obj):
+    """Wrap in transformers' base class so `generate` accepts it."""
+    from transformers import LogitsProcessor
+
+    class _ATS(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return obj(input_ids, scores)
+
+    return _ATS()
+
+
+class HFRolloutEngine:
+    """RolloutEngine over a transformers causal LM (shares the trainer's module: no weight copy)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 512, return_logprobs: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.return_logprobs = return_logprobs
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def sync_weights(self, model) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
+        n = max(1, int(params.n))
+        greedy = params.temperature <= 0
+        if greedy and n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one response per prompt: use n=1")
+        flat = [p for p in prompts for _ in range(n)]
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        parts = [self._generate_chunk(flat[i : i + self.batch_size], params, greedy)
+                 for i in range(0, len(flat), self.batch_size)]
+        return concat_rollouts(parts, self.tokenizer.pad_token_id)
+
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, greedy: bool) -> Rollout:
+        tok = self.tokenizer
+        pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
+        prompt_ids, prompt_mask = pad_left(prompts, pad_id)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        ats = None
+        processors = []
+        if params.ats is not None and not greedy:
+            ats = AdaptiveTemperatureProcessor(params.ats, params.temperature)
+            processors.append(_as_logits_processor(ats))
+        kwargs = dict(
+            input_ids=prompt_ids.to(device),
+            attention_mask=prompt_mask.to(device),
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            return_dict_in_generate=True,
+            output_scores=self.return_logprobs,
+        )
+        if greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k if params.top_k > 0 else None)
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        try:
+            out = self.model.generate(**kwargs)
+        finally:
+            if was_training:
+                self.model.train()
+        seq = out.sequences[:, prompt_ids.shape[1] :].cpu()  # [N, L]
+        N, L = seq.shape
+        # response mask: tokens up to and including the first EOS
+        is_eos = seq == eos_id
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        mask = (~after_eos).long()
+        finished = is_eos.any(-1)
+        finish = ["stop" if f else "length" for f in finished.tolist()]
+        resp = seq.masked_fill(mask == 0, pad_id)
+        logprobs = None
+        if self.return_logprobs and out.scores is not None and L:
+            scores = torch.stack([s.float().cpu() for s in out.scores], 1)  # [N, L, V] processed
+            lp = torch.log_softmax(scores, -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1)
+            logprobs = torch.where(mask.bool(), lp, torch.zeros_like(lp))
+        base = 1.0 if greedy else float(params.temperature)
+        if ats is not None and ats.factors:
+            temps = torch.stack(ats.factors, 1)[:, :L] * base
+        else:
+            temps = torch.full((N, L), base)
+        temps = temps * mask
+        texts = tok.batch_decode(resp, skip_special_tokens=True)
+        return Rollout(prompt_ids, prompt_mask, resp, mask, logprobs, temps.float(), finish, texts)
+

@@ -1,0 +1,154 @@
+"""`hapo train` through the real CLI on the tiny model: every preset, each component on DAPO,
+metrics and diagnostics, resume equality, non-finite steps, W&B offline files, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = [
+    "experiment=debug",
+    "trainer.total_steps=2",
+    "trainer.train_batch_size=4",
+    "trainer.mini_batch_size=2",
+    "trainer.group_size=4",
+    "trainer.num_threads=1",
+    "data.val_size=8",
+    "data.val_samples=2",
+    "algorithm.max_num_gen_batches=8",
+]
+
+DIAGNOSTICS = [
+    "rollout/acc", "rollout/response_length", "rollout/temperature_mean", "rollout/groups_used",
+    "train/reward", "train/acc", "train/entropy", "train/h_mean",
+    "actor/loss", "actor/clipfrac_left", "actor/clipfrac_right",
+    "actor/clipfrac_left_hneg", "actor/clipfrac_right_hpos", "actor/absadv_hpos", "actor/absadv_hneg",
+    "actor/adv_pos_sum", "actor/adv_neg_sum", "actor/grad_norm", "stats/q", "stats/s",
+]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def train_ok(cli, run_dir: Path, *overrides: str, env: dict | None = None) -> list[dict]:
+    res = cli("train", *FAST, f"run_dir={run_dir}", *overrides, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return read_metrics(run_dir)
+
+
+VARIANTS = {
+    "grpo": ["algorithm=grpo"],
+    "dapo": ["algorithm=dapo"],
+    "hapo": ["algorithm=hapo"],
+    "hapo_reference": ["algorithm=hapo_reference"],
+    "dapo+A": ["algorithm=dapo", "algorithm.components.A=true"],
+    "dapo+B": ["algorithm=dapo", "algorithm.components.tlga=true"],
+    "dapo+C": ["algorithm=dapo", "algorithm.components.C=true"],
+    "dapo+D": ["algorithm=dapo", "algorithm.components.aac=true"],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_preset_and_single_component_trains(cli, tiny_model_dir, tmp_path, variant):
+    recs = train_ok(cli, tmp_path / "run", *VARIANTS[variant], "trainer.total_steps=3")
+    steps = [r["step"] for r in recs]
+    assert steps == [0, 1, 2, 3]  # validation at 0, then every step once
+    assert "val/avg@2" in recs[0] and "val/avg@2" in recs[-1]
+    trained = [r for r in recs[1:] if "train/reward" in r]
+    assert trained, "no step found an informative group"
+    for r in trained:
+        for key in DIAGNOSTICS:
+            assert key in r, key
+        assert r["actor/skipped_updates"] == 0.0
+        assert r["actor/updates"] == 2.0  # train_batch 4 / mini_batch 2
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert "packages" in meta and "torch" in meta["packages"]
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step_000003"
+    on = {k: f"{k}: true" in cfg for k in "ABCD"}
+    want = {"grpo": "", "dapo": "", "hapo": "ABCD", "hapo_reference": "ABCD"}.get(variant, variant[-1])
+    if variant.startswith("dapo+"):  # the alias (tlga/aac) or the letter is set; the resolved switch is in the temperature / bounds
+        assert variant[-1] in "ABCD"
+    else:
+        assert "".join(k for k, v in on.items() if v) == want
+    temps = [r["rollout/temperature_mean"] for r in trained]
+    if variant in ("hapo", "hapo_reference", "dapo+A"):
+        # ATS is on from the second step (the first has no statistics yet)
+        assert temps[0] == 1.0 or trained[0]["step"] > 1
+        assert any(abs(t - 1.0) > 1e-6 for t in temps[1:]) or len(temps) < 2
+    else:
+        assert all(t == 1.0 for t in temps)
+
+
+def test_resume_equals_uninterrupted(cli, tiny_model_dir, tmp_path):
+    """Crash after step 3 (checkpoint at 2), resume: steps 3-4 equal the uninterrupted run's."""
+    common = ["trainer.total_steps=4", "trainer.save_every=2", "algorithm=hapo"]
+    full = train_ok(cli, tmp_path / "full", *common)
+    res = cli("train", *FAST, f"run_dir={tmp_path / 'cut'}", *common, env={"HAPO_TEST_CRASH_AFTER_STEP": "3"})
+    assert res.returncode == 17, res.stderr[-2000:]
+    cut = read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == [0, 1, 2, 3]
+    res = cli("train", *FAST, f"run_dir={tmp_path / 'cut'}", *common, "resume=true")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stderr
+    resumed = read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
+
+    def strip(r):
+        return {k: v for k, v in r.items() if not k.startswith("time/") and "seconds" not in k}
+
+    for a, b in zip(full, resumed):
+        assert strip(a) == strip(b), (a["step"], set(strip(a).items()) ^ set(strip(b).items()))
+
+
+def test_non_finite_step_is_skipped_and_logged(cli, tiny_model_dir, tmp_path):
+    recs = train_ok(cli, tmp_path / "run", "algorithm=dapo", "trainer.total_steps=3",
+                    env={"HAPO_TEST_NAN_STEP": "2"})
+    by_step = {r["step"]: r for r in recs}
+    assert by_step[2]["actor/skipped_updates"] == by_step[2]["actor/updates"] == 2.0
+    assert by_step[3]["actor/skipped_updates"] == 0.0
+    # the weights stayed finite: step 3 trained and the final checkpoint loads
+    assert by_step[3]["actor/loss"] == by_step[3]["actor/loss"]  # not NaN
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000003"
+    weights = load_file(str(next(ckpt.glob("*.safetensors"))))
+    import torch
+
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_wandb_offline_files(cli, tiny_model_dir, tmp_path):
+    recs = train_ok(cli, tmp_path / "run", "logger=wandb", "algorithm=dapo", "trainer.total_steps=1",
+                    env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")})
+    assert [r["step"] for r in recs] == [0, 1]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "no offline W&B data file"
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: dapo, grpo, hapo, hapo_reference"),
+        (["trainer.nope=1"], "unknown config key 'trainer.nope': trainer has total_steps"),
+        (["trainer.lr=fast"], "bad value for trainer.lr"),
+        (["algorithm.loss_agg=mean"], "algorithm.loss_agg='mean' is not valid; choose one of: token-mean"),
+        (["model.name_or_path=/no/such/model"], "model path '/no/such/model' does not exist"),
+        (["model.name_or_path=nobody/no-such-model-xyz"], "cannot load model 'nobody/no-such-model-xyz' from the Hugging Face Hub"),
+        (["data=local", "data.path=/no/such/file.parquet"], "data file '/no/such/file.parquet' does not exist"),
+        (["data=dapo_math"], "cannot load dataset 'BytedTsinghua-SIA/DAPO-Math-17k' from the Hugging Face Hub"),
+    ],
+)
+def test_bad_input_is_one_clear_line(cli, tiny_model_dir, tmp_path, args, expect):
+    res = cli("train", f"run_dir={tmp_path / 'run'}", "logger=none", *args, timeout=120)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "Warning" not in ln]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and expect in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
