@@ -89,17 +89,16 @@ def build_model(tokenizer, recipe: TinyRecipe):
     return Qwen2ForCausalLM(config)
 
 
-def _sft_batch(tokenizer, rows: list[tuple[int, int]], rng: random.Random):
-    """Prompt+noisy answer+EOS, left-padded; labels only on the answer and EOS."""
+def _sft_batch(vocab: dict[str, int], eos: int, pad: int, rows: list[tuple[int, int]], rng: random.Random):
+    """Prompt+noisy answer+EOS, left-padded; labels only on the answer and EOS (chars map 1:1 to ids)."""
     seqs, labels = [], []
     for a, b in rows:
-        p = tokenizer.encode(synthetic.format_prompt(f"{a}+{b}="), add_special_tokens=False)
-        t = tokenizer.encode(synthetic.noisy_target(a, b, rng), add_special_tokens=False)
-        t = t + [tokenizer.eos_token_id]
+        p = [vocab[c] for c in synthetic.format_prompt(f"{a}+{b}=")]
+        t = [vocab[c] for c in synthetic.noisy_target(a, b, rng)] + [eos]
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    ids = torch.full((len(seqs), width), pad)
     lab = torch.full((len(seqs), width), -100)
     att = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, (s, y) in enumerate(zip(seqs, labels)):
@@ -114,6 +113,7 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
     rng = random.Random(recipe.seed)
     train_pairs = [(int(r["question"].split("+")[0]), int(r["question"][:-1].split("+")[1]))
                    for r in synthetic.make_rows("train", None, seed=recipe.seed)]
+    vocab = tokenizer.get_vocab()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.sft_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / recipe.sft_steps)
@@ -128,7 +128,7 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
     loss = torch.tensor(0.0)
     for _ in range(recipe.sft_steps):
         batch = rng.sample(train_pairs, recipe.sft_batch)
-        ids, att, lab = _sft_batch(tokenizer, batch, rng)
+        ids, att, lab = _sft_batch(vocab, tokenizer.eos_token_id, tokenizer.pad_token_id, batch, rng)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

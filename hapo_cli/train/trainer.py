@@ -467,18 +467,16 @@ class Trainer:
                         old = b.old_logp[r]
                         adv = b.adv[r]
                         if a.stats_scope == "microbatch" and use_h:
-                            st = algo.entropy_stats(ent.detach(), mask, pivot=a.entropy_pivot)
-                            h = algo.normalize_entropy(ent.detach(), st, mask, mode=a.entropy_mode)
+                            h, _ = algo.normalize_batch_entropy(ent.detach(), mask, pivot=a.entropy_pivot,
+                                                                mode=a.entropy_mode)
                         else:
                             h = b.h[r]
-                        eps_l, eps_r = a.clip_ratio_low, a.clip_ratio_high
-                        if self.components["D"]:
-                            eps_l, eps_r = algo.adaptive_clip_bounds(h, eps_l, eps_r, alpha=a.clip_alpha)
-                        if self.components["C"]:
-                            ratio = torch.exp((logp.detach() - old).clamp(max=20.0))
-                            adv = algo.redistribute_advantages(adv, h, ratio, eps_l, eps_r, beta=a.adv_beta)
-                        loss, m = algo.policy_loss(logp, old, adv, mask, eps_l, eps_r, clip_ratio_c=a.clip_ratio_c,
-                                                   agg=a.loss_agg)
+                        # C and D fused into the clipped loss (alpha/beta None switch them off)
+                        loss, m = algo.hapo_policy_loss(
+                            logp, old, adv, mask, h, a.clip_ratio_low, a.clip_ratio_high,
+                            alpha=a.clip_alpha if self.components["D"] else None,
+                            beta=a.adv_beta if self.components["C"] else None,
+                            clip_ratio_c=a.clip_ratio_c, agg=a.loss_agg)
                         n_tok = mask.sum()
                         if a.loss_agg == "token-mean":
                             weight = n_tok / denom_tok
@@ -601,8 +599,12 @@ class Trainer:
             return m
         self.score_old(batch)
         a = self.cfg.algorithm
-        stats = self.global_entropy_stats(batch.entropy, batch.mask)
-        batch.h = algo.normalize_entropy(batch.entropy, stats, batch.mask, mode=a.entropy_mode)
+        if self.dist.world == 1:
+            batch.h, stats = algo.normalize_batch_entropy(batch.entropy, batch.mask, pivot=a.entropy_pivot,
+                                                          mode=a.entropy_mode)
+        else:
+            stats = self.global_entropy_stats(batch.entropy, batch.mask)
+            batch.h = algo.normalize_entropy(batch.entropy, stats, batch.mask, mode=a.entropy_mode)
         batch.adv = self.advantages(batch)
         t_score = time.perf_counter() - t0 - t_gen
         um = self.update(batch)
@@ -746,5 +748,8 @@ class _nullcontext:
         return False
 
 
-def train(cfg: Config, raw_cfg, argv: list[str] | None = None) -> dict[str, Any]:
-    return Trainer(cfg, raw_cfg, argv).fit()
+def train(cfg: Config, raw_cfg, argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run training; returns the summary on the main process (None on the other ranks)."""
+    trainer = Trainer(cfg, raw_cfg, argv)
+    summary = trainer.fit()
+    return summary if trainer.dist.main else None

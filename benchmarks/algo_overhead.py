@@ -1,0 +1,186 @@
+"""Overhead of the HAPO loss path over the DAPO loss path (hapo_cli.algo), printed as a Markdown table.
+
+HAPO path: entropy_stats + normalize_entropy + tlga_advantages + adaptive_clip_bounds +
+redistribute_advantages + policy_loss (per-token bounds), forward and backward through logp.
+DAPO path: grpo_advantages + policy_loss (clip-higher 0.2 / 0.28), forward and backward.
+HAPO-fused: the same maths through normalize_batch_entropy and hapo_policy_loss (one log pass over
+the entropies, one ratio pass; equal results, see tests/test_algo_loss.py).
+"update" rows: only the part a trainer repeats for every micro-batch (the loss with h and the
+advantages fixed for the whole update, hapo-spec stats_scope "batch"); ratios are against the
+matching DAPO row.
+The per-token entropy comes out of the policy's forward pass in both trainers, so token_entropy
+is counted in neither path.
+
+    python benchmarks/algo_overhead.py                      # 256 responses x 1024 tokens, CPU
+    python benchmarks/algo_overhead.py --threads 1 --clock cpu   # on a shared / busy machine
+    python benchmarks/algo_overhead.py --device cuda --repeats 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hapo_cli.algo import (
+    adaptive_clip_bounds,
+    entropy_stats,
+    grpo_advantages,
+    hapo_policy_loss,
+    normalize_batch_entropy,
+    normalize_entropy,
+    policy_loss,
+    redistribute_advantages,
+    tlga_advantages,
+)
+
+
+def make_batch(batch: int, length: int, group_size: int, device: torch.device, seed: int = 0) -> dict:
+    """Random rollout-like data: grouped responses with random lengths, +-1 rewards."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(length // 8, length + 1, (batch,), generator=g)
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L] bool
+    entropy = torch.rand(batch, length, generator=g) ** 3 * 3.0  # [B, L] skewed like real entropies
+    old_logp = -torch.rand(batch, length, generator=g) * 3.0
+    logp = old_logp + 0.2 * torch.randn(batch, length, generator=g)
+    rewards = torch.where(torch.rand(batch, generator=g) < 0.4, 1.0, -1.0)
+    group_ids = torch.randperm(batch, generator=g) // group_size  # shuffled, non-contiguous groups
+    data = dict(
+        mask=mask, entropy=entropy, old_logp=old_logp, logp=logp, rewards=rewards, group_ids=group_ids
+    )
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def dapo_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
+    adv = grpo_advantages(d["rewards"], d["group_ids"], d["mask"])
+    loss, _ = policy_loss(logp, d["old_logp"], adv, d["mask"], 0.2, 0.28, clip_ratio_c=10.0)
+    loss.backward()
+    return loss
+
+
+def hapo_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
+    """HAPO as separate public calls, each component on its own."""
+    mask = d["mask"]
+    stats = entropy_stats(d["entropy"], mask, pivot=0.8)
+    h = normalize_entropy(d["entropy"], stats, mask)
+    adv = tlga_advantages(d["rewards"], d["group_ids"], mask)
+    eps_low, eps_high = adaptive_clip_bounds(h, 0.2, 0.2, alpha=1.0)
+    ratio = torch.exp(logp.detach() - d["old_logp"])
+    adv = redistribute_advantages(adv, h, ratio, eps_low, eps_high, beta=1.0)
+    loss, _ = policy_loss(logp, d["old_logp"], adv, mask, eps_low, eps_high, clip_ratio_c=10.0)
+    loss.backward()
+    return loss
+
+
+def hapo_fused_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
+    """HAPO with the fused entry points: one log-entropy pass, one ratio pass."""
+    mask = d["mask"]
+    h, _ = normalize_batch_entropy(d["entropy"], mask, pivot=0.8)
+    adv = tlga_advantages(d["rewards"], d["group_ids"], mask)
+    loss, _ = hapo_policy_loss(
+        logp, d["old_logp"], adv, mask, h, 0.2, 0.2, alpha=1.0, beta=1.0, clip_ratio_c=10.0
+    )
+    loss.backward()
+    return loss
+
+
+def dapo_update(d: dict, logp: torch.Tensor) -> torch.Tensor:
+    """The part repeated for every micro-batch update: the loss, advantages already computed."""
+    loss, _ = policy_loss(logp, d["old_logp"], d["adv_grpo"], d["mask"], 0.2, 0.28, clip_ratio_c=10.0)
+    loss.backward()
+    return loss
+
+
+def hapo_update(d: dict, logp: torch.Tensor) -> torch.Tensor:
+    """Same for HAPO: h and the TLGA advantages are fixed for the whole update (stats_scope batch)."""
+    loss, _ = hapo_policy_loss(
+        logp, d["old_logp"], d["adv_tlga"], d["mask"], d["h"], 0.2, 0.2, 1.0, 1.0, 10.0
+    )
+    loss.backward()
+    return loss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(args: argparse.Namespace) -> dict[str, list[float]]:
+    device = torch.device(args.device)
+    d = make_batch(args.batch, args.length, args.group_size, device)
+    logp = d["logp"].clone().requires_grad_(True)
+    d["adv_grpo"] = grpo_advantages(d["rewards"], d["group_ids"], d["mask"])
+    d["adv_tlga"] = tlga_advantages(d["rewards"], d["group_ids"], d["mask"])
+    d["h"], _ = normalize_batch_entropy(d["entropy"], d["mask"])
+    # "cpu" clock = this process's CPU time: robust to other processes on a shared machine
+    # (meaningful with --threads 1 on CPU; on GPU use "wall").
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    steps = {
+        "DAPO": dapo_step,
+        "HAPO": hapo_step,
+        "HAPO-fused": hapo_fused_step,
+        "DAPO update": dapo_update,
+        "HAPO update": hapo_update,
+    }
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.warmup):
+        for fn in steps.values():
+            fn(d, logp)
+            logp.grad = None
+    for _ in range(args.repeats):
+        for name, fn in steps.items():  # interleaved, so background load hits both paths alike
+            _sync(device)
+            t0 = clock()
+            fn(d, logp)
+            _sync(device)
+            times[name].append(clock() - t0)
+            logp.grad = None
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=256, help="responses per batch (B)")
+    p.add_argument("--length", type=int, default=1024, help="padded response length (L)")
+    p.add_argument("--group-size", type=int, default=16, help="responses per prompt (G); B/G groups")
+    p.add_argument(
+        "--repeats", type=int, default=50, help="timed runs of each path (median and min reported)"
+    )
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each path first")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time")
+    args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    times = bench(args)
+    med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    low = {name: min(ts) * 1e3 for name, ts in times.items()}
+    print(
+        f"B={args.batch} responses x L={args.length} tokens, {args.batch // args.group_size} groups of "
+        f"{args.group_size}, device={args.device}, threads={torch.get_num_threads()}, "
+        f"{args.clock} clock, {args.repeats} interleaved runs, torch {torch.__version__}\n"
+    )
+    rows = [
+        ("DAPO", "DAPO", "grpo_advantages + policy_loss (clip-higher 0.2/0.28)"),
+        ("HAPO", "DAPO", "entropy_stats + normalize_entropy + tlga_advantages + adaptive_clip_bounds + "
+         "redistribute_advantages + policy_loss"),
+        ("HAPO-fused", "DAPO", "normalize_batch_entropy + tlga_advantages + hapo_policy_loss (AAC + DAR inside)"),
+        ("DAPO update", "DAPO update", "per micro-batch update only: policy_loss"),
+        ("HAPO update", "DAPO update", "per micro-batch update only: hapo_policy_loss (h, TLGA fixed per batch)"),
+    ]  # fmt: skip
+    print(
+        "| path | components (forward + backward through logp) | median ms | ratio | min ms | ratio (min) |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for name, ref, what in rows:
+        print(
+            f"| {name} | {what} | {med[name]:.2f} | {med[name] / med[ref]:.2f}x "
+            f"| {low[name]:.2f} | {low[name] / low[ref]:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
