@@ -141,7 +141,7 @@ class TrainerConfig:
     warmup_steps: int = 5  # linear warmup (optimizer updates)
     lr_schedule: str = "constant"  # constant or cosine after warmup
     weight_decay: float = 0.0  # AdamW weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     grad_clip: float = 1.0  # max gradient norm (0: off)
     val_every: int = 20  # validate every N steps (0: only at start and end)
     val_at_start: bool = True  # validate before the first step (the warm-start figure)
@@ -292,6 +292,10 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config,
 
 def _composition_message(err: Exception, overrides: list[str]) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if text.startswith("Error merging override") and err.__cause__ is not None:
+        key = text.removeprefix("Error merging override").strip().partition("=")[0]
+        cause = str(err.__cause__).splitlines()[0]
+        return f"bad value for {key}: {cause}"
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
         if key in GROUPS:

@@ -14,7 +14,8 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _hapo_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hapo_cache")
+    # HAPO_TEST_CACHE: reuse a built tiny model across local test sessions (CI uses a fresh one)
+    cache = os.environ.get("HAPO_TEST_CACHE") or tmp_path_factory.mktemp("hapo_cache")
     os.environ["HAPO_CACHE"] = str(cache)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.pop("WANDB_API_KEY", None)
@@ -34,7 +35,11 @@ def tiny_model_dir(_hapo_env) -> Path:
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: int = 600, env: dict | None = None):
     """Run the real `hapo` CLI in a subprocess; returns CompletedProcess (text)."""
     full_env = dict(os.environ)
-    full_env.update(env or {})
+    for key, value in (env or {}).items():  # None unsets a variable
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run([sys.executable, "-m", "hapo_cli.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 

@@ -124,8 +124,8 @@ def test_non_finite_step_is_skipped_and_logged(cli, tiny_model_dir, tmp_path):
 
 
 def test_wandb_offline_files(cli, tiny_model_dir, tmp_path):
-    recs = train_ok(cli, tmp_path / "run", "logger=wandb", "algorithm=dapo", "trainer.total_steps=1",
-                    env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")})
+    recs = train_ok(cli, tmp_path / "run", "logger=wandb", "logger.name=wandb", "algorithm=dapo", "trainer.total_steps=1",
+                    env={"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")})
     assert [r["step"] for r in recs] == [0, 1]
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -152,3 +152,30 @@ def test_bad_input_is_one_clear_line(cli, tiny_model_dir, tmp_path, args, expect
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1 and expect in errors[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_two_process_ddp_keeps_ranks_identical(tiny_model_dir, tmp_path):
+    """accelerate launch with 2 CPU processes (DDP, gloo): groups stay on a rank, weights stay equal."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), "-m", "hapo_cli.cli", "train", *FAST,
+           "trainer.device=cpu", f"run_dir={run}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["dist_param_max_rank_diff"] == 0.0
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [0, 1, 2]
+    trained = [r for r in recs if "train/reward" in r]
+    assert trained and all(r["actor/updates"] == 2.0 for r in trained)
+    # each rank takes 2 of the 4 prompts a step; the logged group count is the per-rank mean
+    assert all(r["rollout/groups_used"] == 2.0 for r in trained)

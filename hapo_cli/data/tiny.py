@@ -119,6 +119,8 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / recipe.sft_steps)
     )
     model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and robust on a busy machine
     t0 = time.time()
     bar = None
     if progress:
@@ -140,6 +142,7 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
             bar.set_postfix(loss=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
+    torch.set_num_threads(threads)
     model.eval()
     return {"sft_steps": recipe.sft_steps, "sft_final_loss": float(loss.item()), "sft_seconds": time.time() - t0}
 

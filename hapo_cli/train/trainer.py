@@ -242,9 +242,9 @@ class Trainer:
 
             return synthetic.make_rows("validation", d.val_size, seed=0), "synthetic"
         if d.val_path:
-            from hapo_cli.data.benchmarks import load_benchmark_rows
+            from hapo_cli.data.benchmarks import load_bench_rows
 
-            return load_benchmark_rows(d.val_path, limit=d.val_size), d.val_path
+            return load_bench_rows(d.val_path, limit=d.val_size), d.val_path
         return [], None
 
     def _maybe_resume(self) -> str | None:

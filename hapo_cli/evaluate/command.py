@@ -1,0 +1,211 @@
+"""`hapo eval`: avg@n / pass@k / maj@n of a model on one or more benchmarks.
+
+    hapo eval --bench aime24,math500 --model PATH [--n 8] [--temperature 0.5] [--top-p 0.7]
+              [--max-new-tokens N] [--out DIR] [--limit N] [--prompt boxed|answer|raw]
+              [--engine hf|vllm] [--wandb] [key=value ...]
+
+Each benchmark gets its own section and folder (DIR/<bench>/samples.jsonl, summary.json);
+DIR/results.md and DIR/summary.json hold the table of all of them, which is also printed at
+the end. Running again with the same --out resumes: graded questions are not generated again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from hapo_cli.errors import HapoError
+
+_PCT_KEYS = ("avg@", "pass@", "maj@")
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, float) and key.startswith(_PCT_KEYS + ("truncated",)):
+        return f"{100 * value:.2f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def results_table(summaries: list[dict]) -> str:
+    """Markdown table of per-benchmark summaries (accuracies in percent)."""
+    if not summaries:
+        return ""
+    n = summaries[0]["n"]
+    metric_keys = [f"avg@{n}"] + [k for k in summaries[0] if k.startswith("pass@")] + [f"maj@{n}"]
+    head = ["bench", "questions", *metric_keys, "mean len", "truncated %", "grading timeouts"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        cells = [s["bench"], str(s["n_questions"])] + [_fmt(k, s.get(k, float("nan"))) for k in metric_keys]
+        cells += [f"{s['mean_length']:.1f}", f"{100 * s['truncated_frac']:.2f}", str(s["grading_timeouts"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(summaries) > 1:
+        mean = sum(s[f"avg@{n}"] for s in summaries) / len(summaries)
+        lines.append(f"\naverage avg@{n} over {len(summaries)} benchmarks: {100 * mean:.2f}")
+    return "\n".join(lines)
+
+
+def _default_out(model: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model.rstrip("/")).name or model) or "model"
+    return Path("runs") / "eval" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _wandb_log(cfg, out: Path, summaries: list[dict], table: str) -> None:
+    try:
+        import wandb
+    except ImportError:
+        print("W&B: wandb is not installed; results are in " + str(out), file=sys.stderr)
+        return
+    from hapo_cli.train.run import wandb_has_credentials
+
+    mode = "online" if wandb_has_credentials() else "offline"
+    if mode == "offline":
+        print(f"W&B: no credentials found, logging offline to {out}/wandb (sync later: wandb sync {out}/wandb/offline-run-*)",
+              file=sys.stderr)
+    run = wandb.init(project=cfg.wandb_project, job_type="eval", dir=str(out), mode=mode,
+                     config={k: v for k, v in vars(cfg).items()}, settings=wandb.Settings(console="off"))
+    flat = {f"eval/{s['bench']}/{k}": v for s in summaries for k, v in s.items() if isinstance(v, (int, float))}
+    run.log(flat)
+    cols = ["bench"] + [k for k, v in summaries[0].items() if isinstance(v, (int, float)) and k != "bench"]
+    run.log({"eval/results": wandb.Table(columns=cols, data=[[s.get(c) for c in cols] for s in summaries])})
+    run.summary["results_markdown"] = table
+    run.finish()
+
+
+def _validate(cfg) -> None:
+    """Check numbers before anything slow happens (one line per problem)."""
+    checks = [
+        (cfg.n >= 1, f"n must be >= 1, got {cfg.n}"),
+        (cfg.temperature >= 0, f"temperature must be >= 0, got {cfg.temperature}"),
+        (0 < cfg.top_p <= 1, f"top_p must be in (0, 1], got {cfg.top_p}"),
+        (cfg.max_new_tokens is None or cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}"),
+        (cfg.limit is None or cfg.limit >= 1, f"limit must be >= 1, got {cfg.limit}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.grading_workers >= 0, f"grading_workers must be >= 0, got {cfg.grading_workers}"),
+        (cfg.grading_timeout > 0, f"grading_timeout must be > 0, got {cfg.grading_timeout}"),
+    ]
+    n_eff = 1 if cfg.temperature == 0 else cfg.n
+    if cfg.k_list:
+        checks.append((all(1 <= k <= n_eff for k in cfg.k_list), f"k_list values must be in 1..n={n_eff}, got {cfg.k_list}"))
+    for ok, msg in checks:
+        if not ok:
+            raise HapoError(msg)
+
+
+def run_eval(cfg) -> list[dict]:
+    """Everything `hapo eval` does, from a composed EvalConfig; returns the per-bench summaries."""
+    from hapo_cli.data.benchmarks import load_bench_rows, resolve_bench
+    from hapo_cli.evaluate.engines import ENGINES, make_engine
+    from hapo_cli.evaluate.evaluator import evaluate_rows, with_prompt
+    from hapo_cli.evaluate.prompts import CHAT_TEMPLATE_MODES, PROMPT_STYLES
+    from hapo_cli.rewards.pool import GradingPool
+
+    if cfg.engine not in ENGINES:
+        raise HapoError(f"unknown engine {cfg.engine!r}: choose from {', '.join(ENGINES)}")
+    if cfg.prompt is not None and cfg.prompt not in PROMPT_STYLES:
+        raise HapoError(f"unknown prompt style {cfg.prompt!r}: choose from {', '.join(PROMPT_STYLES)}")
+    if cfg.chat_template not in CHAT_TEMPLATE_MODES:
+        raise HapoError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {cfg.chat_template!r}")
+    _validate(cfg)
+    names = [b.strip() for b in str(cfg.bench).split(",") if b.strip()]
+    if not names:
+        raise HapoError("give at least one benchmark: --bench aime24[,math500,...] or a local file")
+    # benchmarks first: a missing one fails before the model is loaded
+    specs, rows_of = [], {}
+    for name in names:
+        spec = with_prompt(resolve_bench(name), prompt_style=cfg.prompt, chat_template=cfg.chat_template)
+        key = spec.name
+        while key in rows_of:
+            key = f"{key}_"
+        rows_of[key] = load_bench_rows(spec, limit=cfg.limit, seed=cfg.seed, question_key=cfg.question_key,
+                                       answer_key=cfg.answer_key, id_key=cfg.id_key)
+        specs.append((key, spec))
+    out = Path(cfg.out) if cfg.out else _default_out(cfg.model)
+    pool = None
+    if any(s.grader == "math" for _, s in specs):
+        pool = GradingPool(num_workers=cfg.grading_workers, timeout=cfg.grading_timeout).start()  # boots while the model loads
+    summaries = []
+    try:
+        engine, tokenizer = make_engine(cfg.engine, cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                        batch_size=cfg.batch_size, seed=cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            from hapo_cli.train.run import write_meta
+
+            write_meta(out, sys.argv)
+        except Exception:  # bookkeeping only
+            pass
+        for key, spec in specs:
+            rows = rows_of[key]
+            typer.secho(f"\n== {key}: {len(rows)} questions from {spec.source} ==", bold=True, err=True)
+            summary = evaluate_rows(
+                engine, tokenizer, rows, bench=spec, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens or spec.max_new_tokens, k_list=cfg.k_list, seed=cfg.seed,
+                out_dir=out / key, progress=cfg.progress, grader=pool,
+            )
+            summary["bench"] = key
+            summary["model"] = cfg.model
+            n = summary["n"]
+            line = ", ".join(f"{k} {100 * summary[k]:.2f}" for k in summary if k.startswith(_PCT_KEYS))
+            typer.echo(f"{key}: {line}, mean length {summary['mean_length']:.1f}, "
+                       f"truncated {100 * summary['truncated_frac']:.2f}% (n={n}, {out / key})", err=True)
+            summaries.append(summary)
+    finally:
+        if pool is not None:
+            pool.close()
+    table = results_table(summaries)
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / "summary.json")
+    typer.echo(f"\nResults ({cfg.model}; accuracies in %, n={summaries[0]['n']}, T={summaries[0]['temperature']:g}, "
+               f"top_p={summaries[0]['top_p']:g}); written to {out}\n")
+    typer.echo(table)
+    if cfg.wandb:
+        _wandb_log(cfg, out, summaries, table)
+    return summaries
+
+
+def eval_command(
+    ctx: typer.Context,
+    bench: str = typer.Option(None, "--bench", "-b", help="Benchmarks, comma-separated: aime24, aime25, amc23, math500, "
+                              "olympiadbench, minerva, synthetic, a local .parquet/.jsonl/.json file, or name=file "
+                              "(a registry benchmark read from a local copy). Default: synthetic."),
+    model: str = typer.Option(None, "--model", "-m", help="Model folder, Hub id, or 'tiny' (the built-in tiny model; default)."),
+    n: int = typer.Option(None, "--n", help="Samples per question (default 8)."),
+    temperature: float = typer.Option(None, "--temperature", "-t", help="Sampling temperature (default 0.5); 0 = greedy (n forced to 1)."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 0.7)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Response length cap (default: 1024 for maths, 8 for synthetic)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default runs/eval/<model>-<time>); the same folder resumes."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N questions of each benchmark."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt style: boxed (\\boxed{} instruction), answer (DAPO 'Answer:' line) or raw."),
+    engine: str = typer.Option(None, "--engine", help="Generation engine: hf (default) or vllm."),
+    wandb: bool = typer.Option(None, "--wandb/--no-wandb", help="Log results to Weights & Biases (offline without credentials)."),
+    device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda, cuda:N."),
+    seed: int = typer.Option(None, "--seed", help="Sampling seed (default 0)."),
+) -> None:
+    """Evaluate a model on math benchmarks: avg@n, pass@k, maj@n, length, truncation.
+
+    Extra KEY=VALUE overrides set any setting, e.g. k_list=[1,4,8] chat_template=off grading_timeout=20 question_key=problem batch_size=16 dtype=bfloat16.
+    """
+    from hapo_cli.evaluate.config import compose_eval_config
+
+    options = dict(bench=bench, model=model, n=n, temperature=temperature, top_p=top_p,
+                   max_new_tokens=max_new_tokens, out=out, limit=limit, prompt=prompt, engine=engine,
+                   wandb=wandb, device=device, seed=seed)
+    cfg = compose_eval_config(options, list(ctx.args))
+    run_eval(cfg)
+
+
+def _settings_help() -> str:
+    from hapo_cli.evaluate.config import valid_keys
+
+    return "\n\nAll settings (as key=value): " + ", ".join(valid_keys()) + " (documented in hapo_cli/evaluate/config.py)."
+
+
+eval_command.__doc__ = (eval_command.__doc__ or "") + _settings_help()

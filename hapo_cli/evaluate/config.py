@@ -1,0 +1,80 @@
+"""`hapo eval` configuration: one structured dataclass (the single place for defaults).
+
+The command's options fill it, then raw overrides (`key=value`, Hydra/OmegaConf dotlist syntax,
+e.g. `n=16 k_list=[1,4,16] question_key=problem`) are applied on top. Unknown keys fail with the
+list of valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from hapo_cli.errors import HapoError
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one `hapo eval` call."""
+
+    bench: str = "synthetic"  # comma-separated: registry names, local .parquet/.jsonl/.json files, or name=file
+    model: str = "tiny"  # local model folder, Hub id, or `tiny` (the built-in warm-started tiny model)
+    n: int = 8  # samples per question (paper's validation: 8)
+    temperature: float = 0.5  # sampling temperature (paper's validation: 0.5); 0 = greedy, forces n=1
+    top_p: float = 0.7  # nucleus mass (paper's validation: 0.7)
+    max_new_tokens: int | None = None  # response cap; default: the benchmark's own (1024 maths, 8 synthetic)
+    limit: int | None = None  # evaluate only the first N questions of each benchmark
+    out: str | None = None  # output folder (default runs/eval/<model>-<time>); reuse it to resume
+    prompt: str | None = None  # boxed | answer | raw; default: the benchmark's own style (boxed for maths)
+    chat_template: str = "auto"  # auto (use it when the tokenizer has one) | on | off
+    engine: str = "hf"  # hf (transformers generate) | vllm
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    batch_size: int = 64  # sequences per forward batch of the hf engine
+    seed: int = 0  # sampling seed (chunk i of questions uses seed + i)
+    k_list: list[int] | None = None  # pass@k values (default: powers of two up to n, and n)
+    grading_workers: int = 2  # grading processes (math-verify); 0 grades in this process
+    grading_timeout: float = 10.0  # seconds one answer may take to grade before it counts as wrong
+    question_key: str | None = None  # question column of a local file (default: auto-detected)
+    answer_key: str | None = None  # answer column of a local file (default: auto-detected)
+    id_key: str | None = None  # id column of a local file (default: auto-detected, else row index)
+    wandb: bool = False  # log the results to Weights & Biases (offline when there are no credentials)
+    wandb_project: str = "hapo"  # W&B project
+    progress: bool = True  # show progress bars
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in fields(EvalConfig)]
+
+
+def compose_eval_config(options: dict, overrides: list[str] | None = None) -> EvalConfig:
+    """EvalConfig from command options (None = not given) and `key=value` overrides."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(EvalConfig)
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = [k for k in given if k not in valid_keys()]
+    if unknown:
+        raise HapoError(f"unknown eval setting(s) {', '.join(unknown)}: valid keys are {', '.join(valid_keys())}")
+    dotlist, raw_strings = [], {}
+    str_keys = {f.name for f in fields(EvalConfig) if f.type in ("str", "str | None")}
+    for ov in overrides or []:
+        if "=" not in ov or ov.startswith("-"):
+            raise HapoError(f"cannot read {ov!r}: eval overrides look like key=value (valid keys: {', '.join(valid_keys())})")
+        key, value = ov.lstrip("+").split("=", 1)
+        if key not in valid_keys():
+            raise HapoError(f"unknown eval setting {key!r}: valid keys are {', '.join(valid_keys())}")
+        if key in str_keys:  # keep text as text: YAML would read `off` as false and `1e3` as a float
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            optional = next(f.type for f in fields(EvalConfig) if f.name == key) == "str | None"
+            raw_strings[key] = None if (optional and value in ("null", "None", "~")) else value
+        else:
+            dotlist.append(f"{key}={value}")
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.create(given), OmegaConf.from_dotlist(dotlist), OmegaConf.create(raw_strings))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise HapoError(f"bad eval setting: {str(err).splitlines()[0]}") from None
+    return obj  # type: ignore[return-value]

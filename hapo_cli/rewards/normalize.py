@@ -1,0 +1,156 @@
+"""Answer normalisation for exact-match grading (DAPO-style, extended).
+
+`normalize_answer(s)` maps equivalent spellings of a final answer onto one string, so that
+`normalize_answer(pred) == normalize_answer(gold)` is a cheap, predictable first check; anything
+it cannot settle goes to math-verify (`hapo_cli.rewards.verify`). What it does, in order:
+
+1. unwrap an outer `\\boxed{...}`/`\\fbox{...}`; drop `$`, `\\(` `\\)`, `\\[` `\\]`, Markdown `**`;
+2. drop sizing/spacing commands: `\\left`, `\\right`, `\\big..`, `\\!`, `\\,`, `\\;`, `\\:`, `~`,
+   `\\displaystyle`; `\\dfrac`/`\\tfrac` -> `\\frac`;
+3. degrees (`^\\circ`, `^{\\circ}`, `°`, `\\degree`) and percent (`\\%`, `%`) are dropped, the
+   dollar sign `\\$` too (so "50\\%" == "50", "30^\\circ" == "30");
+4. `\\text{..}`, `\\mbox{..}`, `\\mathrm{..}`, `\\textbf{..}`, ... are unwrapped; a trailing unit
+   (cm, meters, inches, square units, dollars, degrees, ...; a `^2`/`^3` power allowed) after a
+   number is dropped;
+5. a leading `x =` (one short variable name and a single `=`) is dropped;
+6. `\\sqrt2` -> `\\sqrt{2}`, `\\frac12` -> `\\frac{1}{2}`; multiple-choice `(A)` -> `A`;
+7. all whitespace and a trailing `.`/`,`/`;`/`:` are removed;
+8. plain decimals are canonical: `1,000` -> `1000` (groups of exactly three digits only),
+   `.5` -> `0.5`, `2.50` -> `2.5`, `3.0` -> `3`, `+4` -> `4`, `-0` -> `0`.
+
+It never turns one number into a different number: `1/2` stays `1/2`, `12` never becomes `1.2`,
+`0.5` is not `50%` (percent is dropped, not converted: "50\\%" normalises to "50").
+"""
+
+from __future__ import annotations
+
+import re
+
+from hapo_cli.rewards.extract import _scan_braced
+
+# Unit words dropped after a number (lower-case; plural forms listed explicitly).
+UNIT_WORDS = frozenset(
+    """
+    unit units sq square squared cubic cm centimeter centimeters centimetre centimetres mm millimeter
+    millimeters m meter meters metre metres km kilometer kilometers kilometre kilometres in inch inches
+    ft foot feet yd yard yards mi mile miles mph kph degree degrees deg radian radians dollar dollars
+    cent cents s sec second seconds min minute minutes h hr hrs hour hours day days week weeks month
+    months year years g gram grams kg kilogram kilograms lb lbs pound pounds oz ounce ounces l liter
+    liters litre litres ml milliliter milliliters gallon gallons point points mps ways people persons times
+    """.split()
+)
+
+_TEXT_CMDS = r"(?:text|textbf|textit|textrm|textsf|texttt|mbox|mathrm|mathbf|mathit|mathsf|mathtt|operatorname|hbox)"
+_TEXT_WRAP = re.compile(r"\\" + _TEXT_CMDS + r"\s*\{([^{}]*)\}")
+_UNIT_ALT = "|".join(sorted((re.escape(u) for u in UNIT_WORDS), key=len, reverse=True))
+# a run of unit words (e.g. "square units", "cm^2", "meters per second") at the very end,
+# after a digit, closing brace/paren or pi
+_UNIT_ONE = r"(?:" + _UNIT_ALT + r")(?:\s*\^\s*\{?[23]\}?)?"
+_TRAILING_UNIT = re.compile(
+    r"(?<=[\d}\)a-zA-Z])\s+" + _UNIT_ONE + r"(?:\s+(?:per\s+)?" + _UNIT_ONE + r")*\s*$",
+    re.IGNORECASE,
+)
+_LEADING_VAR = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?!=)")
+_SIZING = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg)(?![A-Za-z])")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])")
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_DECIMAL = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?$")
+_CHOICE = re.compile(r"^\(([A-Ea-e])\)$")
+
+
+def _strip_outer_box(s: str) -> str:
+    """`\\boxed{x}` (optionally followed by punctuation or a unit) -> `x`; anything else unchanged."""
+    t = s.strip()
+    for _ in range(3):  # \boxed{\boxed{x}} happens
+        m = re.match(r"^\\(?:boxed|fbox)\s*\{", t)
+        if not m:
+            bare = re.fullmatch(r"\\(?:boxed|fbox)\s+([^\s{}$]+)[.,;]?", t)
+            if bare:
+                t = bare.group(1)
+            break
+        end = _scan_braced(t, m.end() - 1)
+        if end is None:
+            break
+        rest = t[end:].strip(" \t.,;:$")
+        if rest and not re.fullmatch(r"(?:\\text\s*\{\s*)?(?:" + _UNIT_ALT + r")\s*\}?", rest, re.IGNORECASE):
+            break
+        t = t[m.end() : end - 1].strip()
+    return t
+
+
+def _fix_sqrt(s: str) -> str:
+    # \sqrt2 -> \sqrt{2}, \sqrt x -> \sqrt{x}
+    return re.sub(r"\\sqrt\s*([0-9A-Za-z])", r"\\sqrt{\1}", s)
+
+
+def _fix_fracs(s: str) -> str:
+    # \frac12 -> \frac{1}{2}; \frac1{2} -> \frac{1}{2}; \frac{1}2 -> \frac{1}{2}
+    s = re.sub(r"\\frac\s*([0-9A-Za-z])\s*([0-9A-Za-z])", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*([0-9A-Za-z])\s*\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9A-Za-z])", r"\\frac\1{\2}", s)
+    return s
+
+
+def _canonical_decimal(s: str) -> str:
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    m = _DECIMAL.match(s)
+    if not m or not (m.group(2) or m.group(3)):
+        return s
+    sign, whole, frac = m.group(1), m.group(2) or "0", (m.group(3) or "").rstrip("0")
+    whole = whole.lstrip("0") or "0"
+    out = whole + ("." + frac if frac else "")
+    if sign == "-" and out != "0":
+        out = "-" + out
+    return out
+
+
+def _unwrap_text(s: str) -> str:
+    # drop \text{...} blocks that hold only units (after a number), then unwrap the rest
+    def repl(m: re.Match) -> str:
+        return " " + m.group(1) + " "
+
+    for _ in range(5):
+        new = _TEXT_WRAP.sub(repl, s)
+        if new == s:
+            break
+        s = new
+    return s
+
+
+def normalize_answer(answer: str | None) -> str:
+    """Canonical string for exact-match comparison ("" when there is no answer)."""
+    if answer is None:
+        return ""
+    s = str(answer)
+    if len(s) > 5000:  # absurdly long: compare as-is (stripped), no regex work
+        return s.strip()
+    s = _strip_outer_box(s)
+    s = s.replace("\n", " ").replace("**", "")
+    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"\\[\(\)\[\]]", "", s)
+    s = _SIZING.sub("", s)
+    s = re.sub(r"\\[!,;:> ]", " ", s).replace("~", " ")
+    s = re.sub(r"\\(?:displaystyle|textstyle|scriptstyle)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
+    s = _DEGREES.sub("", s)
+    s = s.replace("\\%", "").replace("%", "")
+    s = _unwrap_text(s)
+    s = s.strip()
+    s = _strip_outer_box(s)
+    # trailing units after a number: "5 cm", "12 square units", "3 meters per second"
+    m = _TRAILING_UNIT.search(s)
+    if m and m.start() > 0:
+        head = s[: m.start()].rstrip()
+        if head and not head[-1].isalpha() or re.search(r"\\pi$", head or ""):
+            s = head
+    s = _LEADING_VAR.sub("", s, count=1) if s.count("=") == 1 else s
+    s = _fix_sqrt(s)
+    s = _fix_fracs(s)
+    s = re.sub(r"\s+", "", s)
+    s = s.rstrip(".,;:")
+    c = _CHOICE.match(s)
+    if c:
+        s = c.group(1).upper()
+    s = _canonical_decimal(s)
+    return s
