@@ -87,7 +87,9 @@ class ResponseScorer(nn.Module):
         head = self.model.get_output_embeddings()
 
         def project(h: torch.Tensor, labels: torch.Tensor):
-            logits = head(h).float()
+            logits = head(h)
+            if logits.dtype in (torch.bfloat16, torch.float16):
+                logits = logits.float()  # log-probs and entropies in float32 (float64 stays float64)
             if temperature != 1.0:
                 logits = logits / temperature
             lp = token_logprobs(logits, labels)

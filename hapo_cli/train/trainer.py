@@ -378,6 +378,13 @@ class Trainer:
             "rollout/groups_informative": float(n_groups_kept),
             "rollout/groups_used": float(n_use),
         }
+        if n_use < need and self.dist.main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"step {self.step}: dynamic sampling found {n_use * self.dist.world} of "
+                       f"{t.train_batch_size} informative groups in {rounds} generation rounds "
+                       f"(algorithm.max_num_gen_batches={a.max_num_gen_batches}); "
+                       + ("skipping the update" if n_use == 0 else "training on those"), file=sys.stderr)
         if n_use == 0:
             return None, stats
         roll = concat_rollouts(kept, self.tokenizer.pad_token_id).select(list(range(n_use * G)))
@@ -573,6 +580,7 @@ class Trainer:
             return {}
         d = self.cfg.data
         out: dict[str, float] = {}
+        self.engine.sync_weights(self.model)  # on every rank: a vLLM weight sync is collective
         if self.dist.main:
             from hapo_cli.evaluate import evaluate_rows
 
@@ -590,7 +598,10 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         self.scorer.eval()
+        self.engine.sync_weights(self.model)  # hf: shares the module; vllm: pushes the new weights (wakes up)
         batch, m = self.collect()
+        if hasattr(self.engine, "sleep"):  # vllm colocated: free the engine's GPU memory for the update
+            self.engine.sleep()
         t_gen = time.perf_counter() - t0
         if batch is None:
             m["step/skipped_no_informative_groups"] = 1.0
