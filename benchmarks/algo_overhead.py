@@ -1,17 +1,31 @@
 """Overhead of the HAPO loss path over the DAPO loss path (hapo_cli.algo), printed as a Markdown table.
 
-HAPO path: entropy_stats + normalize_entropy + tlga_advantages + adaptive_clip_bounds +
-redistribute_advantages + policy_loss (per-token bounds), forward and backward through logp.
-DAPO path: grpo_advantages + policy_loss (clip-higher 0.2 / 0.28), forward and backward.
-HAPO-fused: the same maths through normalize_batch_entropy and hapo_policy_loss (one log pass over
-the entropies, one ratio pass; equal results, see tests/test_algo_loss.py).
-"update" rows: only the part a trainer repeats for every micro-batch (the loss with h and the
-advantages fixed for the whole update, hapo-spec stats_scope "batch"); ratios are against the
-matching DAPO row.
+DAPO path: grpo_advantages + policy_loss (clip-higher 0.2 / 0.28), forward and backward through logp.
+HAPO path: the same batch through HAPO's best entry points: normalize_batch_entropy (entropy
+statistics and h in one pass) + tlga_advantages (B) + hapo_policy_loss (AAC (D) and DAR (C)
+fused into the clipped loss), forward and backward through logp.
+"HAPO, separate calls": the same maths through one public function per component
+(entropy_stats + normalize_entropy + tlga_advantages + adaptive_clip_bounds +
+redistribute_advantages + policy_loss with per-token bounds; equal results, see tests/).
+"update" rows: only the part a trainer repeats for every micro-batch (the loss, with h and the
+advantages fixed for the whole update, hapo-spec stats_scope "batch").
+Component rows: each public call alone (the loss ones forward + backward), to show where the
+HAPO path's extra time goes. Ratios are against the DAPO row of the same kind. The entropy_stats
+row is work HAPO needs and DAPO does not, whatever the implementation: one log per token and the
+exact nearest-rank pivot (two histogram passes over the batch); HAPO/DAPO cannot be below
+1 + its ratio.
 The per-token entropy comes out of the policy's forward pass in both trainers, so token_entropy
 is counted in neither path.
 
-    python benchmarks/algo_overhead.py                      # 256 responses x 1024 tokens, CPU
+All rows run interleaved (one of each per round), so background load hits every row alike;
+median and minimum over the rounds are printed. On a shared machine use `--threads 1 --clock cpu`
+(process CPU time: robust to other processes). "faults" is the mean number of minor page faults
+per run: on CPU, glibc hands freed [B, L] temporaries back to the OS and the next run faults
+them in again, which costs about as much as the arithmetic on them (GPU caching allocators
+have no such cost); `MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000`
+in the environment turns that off for both paths alike.
+
+    python benchmarks/algo_overhead.py                           # 256 responses x 1024 tokens, CPU
     python benchmarks/algo_overhead.py --threads 1 --clock cpu   # on a shared / busy machine
     python benchmarks/algo_overhead.py --device cuda --repeats 200
 """
@@ -20,11 +34,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from hapo_cli.algo import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hapo_cli.algo import (  # noqa: E402
     adaptive_clip_bounds,
     entropy_stats,
     grpo_advantages,
@@ -35,6 +53,11 @@ from hapo_cli.algo import (
     redistribute_advantages,
     tlga_advantages,
 )
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 
 def make_batch(batch: int, length: int, group_size: int, device: torch.device, seed: int = 0) -> dict:
@@ -53,14 +76,24 @@ def make_batch(batch: int, length: int, group_size: int, device: torch.device, s
     return {k: v.to(device) for k, v in data.items()}
 
 
-def dapo_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
+def dapo_step(d: dict, logp: torch.Tensor) -> None:
     adv = grpo_advantages(d["rewards"], d["group_ids"], d["mask"])
     loss, _ = policy_loss(logp, d["old_logp"], adv, d["mask"], 0.2, 0.28, clip_ratio_c=10.0)
     loss.backward()
-    return loss
 
 
-def hapo_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
+def hapo_step(d: dict, logp: torch.Tensor) -> None:
+    """HAPO through its best entry points: one pass over the entropies, one ratio pass."""
+    mask = d["mask"]
+    h, _ = normalize_batch_entropy(d["entropy"], mask, pivot=0.8)
+    adv = tlga_advantages(d["rewards"], d["group_ids"], mask)
+    loss, _ = hapo_policy_loss(
+        logp, d["old_logp"], adv, mask, h, 0.2, 0.2, alpha=1.0, beta=1.0, clip_ratio_c=10.0
+    )
+    loss.backward()
+
+
+def hapo_separate_step(d: dict, logp: torch.Tensor) -> None:
     """HAPO as separate public calls, each component on its own."""
     mask = d["mask"]
     stats = entropy_stats(d["entropy"], mask, pivot=0.8)
@@ -71,35 +104,51 @@ def hapo_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
     adv = redistribute_advantages(adv, h, ratio, eps_low, eps_high, beta=1.0)
     loss, _ = policy_loss(logp, d["old_logp"], adv, mask, eps_low, eps_high, clip_ratio_c=10.0)
     loss.backward()
-    return loss
 
 
-def hapo_fused_step(d: dict, logp: torch.Tensor) -> torch.Tensor:
-    """HAPO with the fused entry points: one log-entropy pass, one ratio pass."""
-    mask = d["mask"]
-    h, _ = normalize_batch_entropy(d["entropy"], mask, pivot=0.8)
-    adv = tlga_advantages(d["rewards"], d["group_ids"], mask)
-    loss, _ = hapo_policy_loss(
-        logp, d["old_logp"], adv, mask, h, 0.2, 0.2, alpha=1.0, beta=1.0, clip_ratio_c=10.0
-    )
-    loss.backward()
-    return loss
-
-
-def dapo_update(d: dict, logp: torch.Tensor) -> torch.Tensor:
+def dapo_update(d: dict, logp: torch.Tensor) -> None:
     """The part repeated for every micro-batch update: the loss, advantages already computed."""
     loss, _ = policy_loss(logp, d["old_logp"], d["adv_grpo"], d["mask"], 0.2, 0.28, clip_ratio_c=10.0)
     loss.backward()
-    return loss
 
 
-def hapo_update(d: dict, logp: torch.Tensor) -> torch.Tensor:
+def hapo_update(d: dict, logp: torch.Tensor) -> None:
     """Same for HAPO: h and the TLGA advantages are fixed for the whole update (stats_scope batch)."""
     loss, _ = hapo_policy_loss(
         logp, d["old_logp"], d["adv_tlga"], d["mask"], d["h"], 0.2, 0.2, 1.0, 1.0, 10.0
     )
     loss.backward()
-    return loss
+
+
+def grpo_only(d: dict, logp: torch.Tensor) -> None:
+    grpo_advantages(d["rewards"], d["group_ids"], d["mask"])
+
+
+def tlga_only(d: dict, logp: torch.Tensor) -> None:
+    tlga_advantages(d["rewards"], d["group_ids"], d["mask"])
+
+
+def entropy_only(d: dict, logp: torch.Tensor) -> None:
+    normalize_batch_entropy(d["entropy"], d["mask"], pivot=0.8)
+
+
+def stats_only(d: dict, logp: torch.Tensor) -> None:
+    entropy_stats(d["entropy"], d["mask"], pivot=0.8)
+
+
+# (name, function, reference row for the ratio, what it runs)
+ROWS = [
+    ("DAPO", dapo_step, "DAPO", "grpo_advantages + policy_loss (clip-higher 0.2/0.28)"),
+    ("HAPO", hapo_step, "DAPO", "normalize_batch_entropy + tlga_advantages + hapo_policy_loss (AAC + DAR inside)"),
+    ("HAPO, separate calls", hapo_separate_step, "DAPO", "entropy_stats + normalize_entropy + tlga_advantages + "
+     "adaptive_clip_bounds + redistribute_advantages + policy_loss"),
+    ("DAPO update", dapo_update, "DAPO update", "per micro-batch update only: policy_loss"),
+    ("HAPO update", hapo_update, "DAPO update", "per micro-batch update only: hapo_policy_loss (h, TLGA fixed per batch)"),
+    ("grpo_advantages", grpo_only, "DAPO", "component of DAPO"),
+    ("tlga_advantages", tlga_only, "DAPO", "component of HAPO (B)"),
+    ("normalize_batch_entropy", entropy_only, "DAPO", "component of HAPO: stats (log H, exact pivot, s, z) + h"),
+    ("entropy_stats", stats_only, "DAPO", "part of the above: the statistics alone"),
+]  # fmt: skip
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +156,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(args: argparse.Namespace) -> dict[str, list[float]]:
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def bench(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
     device = torch.device(args.device)
     d = make_batch(args.batch, args.length, args.group_size, device)
     logp = d["logp"].clone().requires_grad_(True)
@@ -117,27 +170,23 @@ def bench(args: argparse.Namespace) -> dict[str, list[float]]:
     # "cpu" clock = this process's CPU time: robust to other processes on a shared machine
     # (meaningful with --threads 1 on CPU; on GPU use "wall").
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    steps = {
-        "DAPO": dapo_step,
-        "HAPO": hapo_step,
-        "HAPO-fused": hapo_fused_step,
-        "DAPO update": dapo_update,
-        "HAPO update": hapo_update,
-    }
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, list[float]] = {name: [] for name, *_ in ROWS}
+    faults: dict[str, float] = {name: 0.0 for name, *_ in ROWS}
     for _ in range(args.warmup):
-        for fn in steps.values():
+        for _, fn, *_ in ROWS:
             fn(d, logp)
             logp.grad = None
     for _ in range(args.repeats):
-        for name, fn in steps.items():  # interleaved, so background load hits both paths alike
+        for name, fn, *_ in ROWS:  # interleaved, so background load hits every row alike
             _sync(device)
+            f0 = _faults()
             t0 = clock()
             fn(d, logp)
             _sync(device)
             times[name].append(clock() - t0)
+            faults[name] += (_faults() - f0) / args.repeats
             logp.grad = None
-    return times
+    return times, faults
 
 
 def main() -> None:
@@ -145,17 +194,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="responses per batch (B)")
     p.add_argument("--length", type=int, default=1024, help="padded response length (L)")
     p.add_argument("--group-size", type=int, default=16, help="responses per prompt (G); B/G groups")
-    p.add_argument(
-        "--repeats", type=int, default=50, help="timed runs of each path (median and min reported)"
-    )
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each path first")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs of each row (median and min reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each row first")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    times = bench(args)
+    times, faults = bench(args)
     med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     low = {name: min(ts) * 1e3 for name, ts in times.items()}
     print(
@@ -163,22 +210,15 @@ def main() -> None:
         f"{args.group_size}, device={args.device}, threads={torch.get_num_threads()}, "
         f"{args.clock} clock, {args.repeats} interleaved runs, torch {torch.__version__}\n"
     )
-    rows = [
-        ("DAPO", "DAPO", "grpo_advantages + policy_loss (clip-higher 0.2/0.28)"),
-        ("HAPO", "DAPO", "entropy_stats + normalize_entropy + tlga_advantages + adaptive_clip_bounds + "
-         "redistribute_advantages + policy_loss"),
-        ("HAPO-fused", "DAPO", "normalize_batch_entropy + tlga_advantages + hapo_policy_loss (AAC + DAR inside)"),
-        ("DAPO update", "DAPO update", "per micro-batch update only: policy_loss"),
-        ("HAPO update", "DAPO update", "per micro-batch update only: hapo_policy_loss (h, TLGA fixed per batch)"),
-    ]  # fmt: skip
     print(
-        "| path | components (forward + backward through logp) | median ms | ratio | min ms | ratio (min) |"
+        "| path | components (losses: forward + backward through logp) | median ms | ratio "
+        "| min ms | ratio (min) | faults |"
     )
-    print("|---|---|---:|---:|---:|---:|")
-    for name, ref, what in rows:
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, _, ref, what in ROWS:
         print(
             f"| {name} | {what} | {med[name]:.2f} | {med[name] / med[ref]:.2f}x "
-            f"| {low[name]:.2f} | {low[name] / low[ref]:.2f}x |"
+            f"| {low[name]:.2f} | {low[name] / low[ref]:.2f}x | {faults[name]:.0f} |"
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _hapo_env(tmp_path_factory):
     # HAPO_TEST_CACHE: reuse a built tiny model across local test sessions (CI uses a fresh one)

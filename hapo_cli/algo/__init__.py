@@ -35,6 +35,13 @@ Decisions where the spec leaves room (each is also stated in the function's docs
 - overlong_penalty is the spec's formula as is: 0 up to max_len - buffer_len, -factor at
   max_len (and lower beyond it, if a response is longer than max_len).
 - informative_groups: a single-response group is not informative.
+
+Performance (measured by benchmarks/algo_overhead.py; the results are exactly the spec's): the
+[B, L] maths works on a few reused float buffers, in place where it can, with comparisons written
+as 0/1 floats (`torch.lt(..., out=float_buffer)`) and masking by multiplication: on CPU a fresh
+[B, L] temporary, a bool tensor or `torch.where` costs several times a float pass. The loss has a
+hand-written backward (`dl/dlogp = A r * [no clip binds] * d agg / d l`, one pass). What HAPO adds
+over DAPO and cannot drop is one log over the entropies and the exact pivot (two histogram passes).
 """
 
 from .aac import adaptive_clip_bounds

@@ -22,18 +22,23 @@ def float_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float32
 
 
-def as_bool_mask(mask: Tensor) -> Tensor:
-    """Any mask (bool, int or float) -> bool, True where the mask is non-zero."""
-    return mask if mask.dtype == torch.bool else mask.bool()
-
-
 def as_float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Any mask -> 0/1 floats of `dtype` (1 where the mask is non-zero).
+    """Any mask -> a new tensor of 0/1 floats of `dtype` (1 where the mask is non-zero).
 
     Masking by multiplication (`x * mask_f`) instead of `torch.where` is several times faster on
     CPU; it requires the values at masked positions to be finite (inf * 0 is NaN).
     """
-    return as_bool_mask(mask).view(torch.uint8).to(dtype)
+    if mask.dtype == torch.bool:  # via uint8: much faster than bool -> float on CPU
+        return mask.view(torch.uint8).to(dtype, copy=True)
+    # written straight as floats: on CPU a comparison into a float tensor is much cheaper than into bool
+    return torch.ne(mask, 0, out=torch.empty(mask.shape, dtype=dtype, device=mask.device))
+
+
+def count_ones(flags: Tensor) -> Tensor:
+    """Exact sum of a tensor of 0/1 floats, in its dtype (a float32 sum of ones is exact below 2^24 terms)."""
+    if flags.dtype != torch.float64 and flags.numel() >= 1 << 24:
+        return flags.sum(dtype=torch.float64).to(flags.dtype)
+    return flags.sum()
 
 
 def check_same_shape(fn: str, **tensors: Tensor) -> None:

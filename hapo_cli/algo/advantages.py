@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch
 
 from ._common import (
-    as_bool_mask,
     as_float_mask,
     check_groups,
     float_dtype,
@@ -74,7 +73,7 @@ def grpo_advantages(rewards: Tensor, group_ids: Tensor, mask: Tensor, norm_by_st
         r = rewards.detach().to(_reward_dtype(rewards))  # [B]
         idx = group_index(group_ids)  # [B]
         adv = _grpo_sequence_advantages(r, idx, bool(norm_by_std))  # [B]
-        return adv.unsqueeze(-1) * as_float_mask(mask, adv.dtype)  # [B, L]
+        return as_float_mask(mask, adv.dtype).mul_(adv.unsqueeze(-1))  # [B, L]
 
 
 def tlga_advantages(
@@ -104,8 +103,8 @@ def tlga_advantages(
     with torch.no_grad():
         dtype = _reward_dtype(rewards)
         r = rewards.detach().to(dtype)  # [B]
-        valid = as_bool_mask(mask)  # [B, L]
-        n = torch.count_nonzero(valid, dim=-1).to(dtype)  # [B] valid tokens per response
+        mask_f = as_float_mask(mask, dtype)  # [B, L] 0/1
+        n = mask_f.sum(-1)  # [B] valid tokens per response (exact: integers far below 2^24)
         idx = group_index(group_ids)  # [B]
         tokens = group_sum(n, idx)  # [B slots] N_g
         mu = group_sum(n * r, idx) / tokens.clamp_min(1.0)  # [B slots] token-weighted mean
@@ -120,7 +119,7 @@ def tlga_advantages(
             hit = ((adv.abs() >= float(fallback_threshold)) & has_tokens).to(dtype)  # [B]
             group_hit = (group_sum(hit, idx) > 0)[idx]  # [B] the response's group falls back
             adv = torch.where(group_hit, _grpo_sequence_advantages(r, idx, True), adv)
-        return adv.unsqueeze(-1) * as_float_mask(valid, dtype)  # [B, L]
+        return mask_f.mul_(adv.unsqueeze(-1))  # [B, L]
 
 
 AdvantageEstimator = Callable[..., Tensor]

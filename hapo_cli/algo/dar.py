@@ -25,17 +25,24 @@ def _check_beta(fn: str, beta: float) -> None:
         raise ValueError(f"{fn}: beta must be >= 0, got {beta!r}")
 
 
-def _redistribute(adv: Tensor, h: Tensor, r: Tensor, lo, hi, beta: float) -> Tensor:
-    """`adv * (1 + beta * h)` where `(r in the neutral zone) XOR (h > 0)`, else adv. All `[B, L]`.
+def _redistribute_(
+    adv: Tensor, h: Tensor, r: Tensor, lo, hi, beta: float, scratch: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """In place: `adv *= 1 + beta * h` where `(r in the neutral zone) XOR (h > 0)`; returns adv. All `[B, L]`.
 
     `lo = 1 - eps_L`, `hi = 1 + eps_R` are the clip limits (floats or `[B, L]`); the zone
     `(1 - eps_L/2, 1 + eps_R/2) = ((1 + lo)/2, (1 + hi)/2)` is tested as `lo < 2r - 1 < hi`.
+    With `inside` as 0/1 floats, the h where A_e applies is `max(h, 0) - |h| * inside`
+    (`h (1 - inside)` for h > 0, `h * inside` for h <= 0): no bool tensors. `scratch`: two
+    `[B, L]` buffers like r to work in (allocated if not given).
     """
-    u = r * 2.0 - 1.0  # [B, L]
-    inside = (u > lo).logical_and_(u < hi)  # [B, L] r in the neutral zone
-    use = inside.logical_xor_(h > 0)  # [B, L] high entropy outside, or low entropy inside
-    h_used = h * use.view(torch.uint8).to(h.dtype)  # [B, L] h where A_e applies, else 0
-    return torch.addcmul(adv, adv, h_used, value=beta)  # adv + beta * adv * h_used = adv * (1 + beta h)
+    u, t = scratch if scratch is not None else (torch.empty_like(r), torch.empty_like(r))
+    torch.mul(r, 2.0, out=u).sub_(1.0)  # [B, L] 2r - 1
+    torch.lt(u, hi, out=t)  # [B, L] 2r - 1 < hi
+    inside = u.gt_(lo).mul_(t)  # [B, L] 0/1: r in the neutral zone (open interval)
+    hin = torch.abs(h, out=t).mul_(inside)  # [B, L] |h| * inside
+    h_used = torch.clamp(h, min=0.0, out=inside).sub_(hin)  # [B, L] h where A_e applies, else 0
+    return adv.addcmul_(adv, h_used, value=beta)  # adv + beta * adv * h_used = adv * (1 + beta h)
 
 
 def redistribute_advantages(
@@ -65,6 +72,11 @@ def redistribute_advantages(
         dev = adv.device
         lo = 1.0 - (eps_low.detach().to(dev, dtype) if isinstance(eps_low, Tensor) else float(eps_low))
         hi = 1.0 + (eps_high.detach().to(dev, dtype) if isinstance(eps_high, Tensor) else float(eps_high))
-        return _redistribute(
-            adv.detach().to(dtype), h.detach().to(dtype), ratio.detach().to(dtype), lo, hi, float(beta)
+        return _redistribute_(
+            adv.detach().to(dtype, copy=True),
+            h.detach().to(dtype),
+            ratio.detach().to(dtype),
+            lo,
+            hi,
+            float(beta),
         )

@@ -17,12 +17,13 @@ other tokens (the sampler uses the previous step's stats); applied h is clamped 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import torch
 
-from ._common import as_bool_mask, as_float_mask, check_same_shape, check_tensor, float_dtype
+from ._common import as_float_mask, check_same_shape, check_tensor, count_ones, float_dtype
 
 Tensor = torch.Tensor
 
@@ -263,9 +264,6 @@ class EntropyStats(NamedTuple):
         return EntropyStats(*(t.to(device=device, dtype=dtype) for t in self))
 
 
-_INF_BITS = {torch.float32: 0x7F800000, torch.float64: 0x7FF0000000000000}  # bit pattern of +inf
-
-
 def _histogram(idx: Tensor, nbins: int) -> Tensor:
     """Counts of each value of `idx [N]` (long, all in [0, nbins)) -> `[nbins]` long.
 
@@ -278,78 +276,84 @@ def _histogram(idx: Tensor, nbins: int) -> Tensor:
     return torch.zeros(nbins, dtype=torch.long, device=idx.device).index_add_(0, idx, ones)
 
 
-def _nearest_rank(c: Tensor, valid: Tensor, pivot: float) -> Tensor:
-    """Nearest-rank quantile of the valid entries of `c [N]` (floats >= 0, finite where valid).
+@functools.cache
+def _little_endian() -> bool:
+    """Whether this machine stores the low-order half of a word first (tensors use the native order)."""
+    return memoryview(b"\x01\x00").cast("H")[0] == 1
 
-    Returns the valid element of rank `round(pivot * (n - 1))` (0-based, round half to even, rank
-    computed in c's dtype), i.e. exactly `torch.quantile(c[valid], pivot, interpolation="nearest")`,
-    as a 0-dim tensor.
 
-    Radix select on the IEEE-754 bit patterns, which sort like the values for non-negative floats:
-    invalid entries are given the pattern of +inf (so the n valid ones are the n smallest, and the
-    wanted element has the same rank among ALL entries). Then 16-bit digits are fixed from the
-    top, one histogram pass each (2 passes for float32, 4 for float64): bin 0 counts the entries
-    below the digits fixed so far, bins 1..2^16 the next digit of the entries that match them,
-    the last bin those above; the bin where the cumulative count passes the rank is the digit.
-    O(N), no sort, and the rank stays a tensor: no device->host sync, unlike torch.quantile /
-    torch.kthvalue (and no 16M-element limit as in torch.quantile).
+def _nearest_rank(key: Tensor, n: Tensor, pivot: float) -> Tensor:
+    """Nearest-rank quantile of the finite entries of `key` (floats > 0; `+inf` marks invalid entries).
+
+    `n` (0-dim, key's dtype) is the number of valid (finite) entries. Returns the valid element of
+    rank `round(pivot * (n - 1))` (0-based, round half to even, rank computed in key's dtype), i.e.
+    exactly `torch.quantile(key[valid], pivot, interpolation="nearest")`, as a 0-dim tensor.
+
+    Radix select on the IEEE-754 bit patterns, which sort like the values for non-negative floats;
+    the invalid entries (+inf) are the largest, so the wanted element has the same rank among ALL
+    entries. Then 16-bit digits are fixed from the top, one histogram pass each (2 passes for
+    float32, 4 for float64): bin 0 counts the entries below the digits fixed so far, bins
+    1..2^16 the next digit of the entries that match them, the last bin those above; the bin where
+    the cumulative count passes the rank is the digit. O(N), no sort, and the rank stays a tensor:
+    no device->host sync, unlike torch.quantile / torch.kthvalue (and no 16M-element limit as in
+    torch.quantile). One long buffer holds the digits of every pass.
     """
-    if c.dtype == torch.float64:
+    if key.dtype == torch.float64:
         int_dtype, bits = torch.int64, 64
     else:
         int_dtype, bits = torch.int32, 32
-    key = c.view(int_dtype) | ((~valid).to(int_dtype) * _INF_BITS[c.dtype])  # [N] >= 0
-    n = torch.count_nonzero(valid)  # [] long
-    rank = torch.round((n - 1).to(c.dtype) * pivot).long().clamp_min_(0).reshape(1)  # [1] 0-based
-    # Top digit: the sign bit is 0, so key >> (bits - 16) < 2^15; bin = digit.
-    cum = torch.cumsum(_histogram((key >> (bits - 16)).long(), 1 << 16), 0)  # [2^16]
+    bits_key = key.reshape(-1).view(int_dtype)  # [N] >= 0
+    rank = torch.round((n - 1) * pivot).long().clamp_min_(0).reshape(1)  # [1] 0-based
+    # Top digit: the sign bit is 0, so key >> (bits - 16) < 2^15; bin = digit. It is the most
+    # significant int16 of each element, read in place (one strided pass straight into long).
+    words = key.reshape(-1).view(torch.int16).view(-1, bits // 16)  # [N, 2 or 4]
+    idx = words[:, -1 if _little_endian() else 0].long()  # [N] bincount wants long
+    cum = torch.cumsum(_histogram(idx, 1 << 15), 0)  # [2^15]
     prefix = torch.searchsorted(cum, rank, right=True).to(int_dtype)  # [1] the digits fixed so far
     nbins = (1 << 16) + 2
     for shift in range(bits - 32, -1, -16):
-        part = key >> shift if shift else key  # [N] the fixed digits followed by the next one
-        bins = (part - ((prefix << 16) - 1)).clamp_(0, nbins - 1)  # [N] 0 below, 1 + digit, last above
-        cum = torch.cumsum(_histogram(bins.long(), nbins), 0)  # [nbins]
+        shifted = torch.bitwise_right_shift(bits_key, shift, out=idx) if shift else bits_key
+        # [N] 0 below the fixed digits, 1 + next digit where they match, nbins - 1 above (into idx)
+        torch.sub(shifted, (prefix << 16) - 1, out=idx).clamp_(0, nbins - 1)
+        cum = torch.cumsum(_histogram(idx, nbins), 0)  # [nbins]
         b = torch.searchsorted(cum, rank, right=True).clamp_(1, 1 << 16)  # [1] bin holding the rank
         prefix = (prefix << 16) | (b - 1).to(int_dtype)
-    return prefix.view(c.dtype).reshape(())
+    return prefix.view(key.dtype).reshape(())
 
 
-def _log_entropy(entropy: Tensor, cdtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """`(c, x)` with `c = max(H, 1e-8)` and `x = log c` (spec 0 step 1), both like `entropy`, in cdtype.
+def _clamped_entropy(entropy: Tensor, cdtype: torch.dtype) -> Tensor:
+    """`c = max(H, 1e-8)` (spec 0 step 1, before the log) as a new contiguous tensor in cdtype.
 
     c is also capped at the dtype's max so that an overflowed (inf) entropy at a masked position
     cannot turn into NaN when masked by multiplication.
     """
-    c = entropy.detach().to(cdtype).clamp(ENTROPY_FLOOR, torch.finfo(cdtype).max)
-    return c, torch.log(c)
+    return torch.clamp(entropy.detach().to(cdtype), ENTROPY_FLOOR, torch.finfo(cdtype).max).contiguous()
 
 
-def _stats_and_centred(
-    entropy: Tensor, mask: Tensor, pivot: float, fn: str
-) -> tuple[EntropyStats, Tensor, Tensor]:
-    """Shared by entropy_stats / normalize_batch_entropy: `(stats, d = (x - Q) * mask [B, L], mask_f [B, L])`."""
+def _stats_and_centred(entropy: Tensor, mask: Tensor, pivot: float, fn: str) -> tuple[EntropyStats, Tensor]:
+    """Shared by entropy_stats / normalize_batch_entropy: `(stats, d = (x - Q) * mask [B, L])`, d a new tensor."""
     check_tensor(fn, "entropy", entropy)
     check_tensor(fn, "mask", mask)
     check_same_shape(fn, entropy=entropy, mask=mask)
     if not 0.0 <= float(pivot) <= 1.0:
         raise ValueError(f"{fn}: pivot must be in [0, 1], got {pivot!r}")
     cdtype = float_dtype(entropy)
-    valid = as_bool_mask(mask)  # [B, L]
-    mask_f = as_float_mask(valid, cdtype)  # [B, L]
-    c, x = _log_entropy(entropy, cdtype)  # [B, L], [B, L]
-    n = torch.count_nonzero(valid)  # [] long
+    mask_f = as_float_mask(mask, cdtype)  # [B, L] 0/1
+    n = count_ones(mask_f)  # [] valid tokens
+    c = _clamped_entropy(entropy, cdtype)  # [B, L] max(H, 1e-8), at most the dtype's max
+    # Q = log of the pivot of c (log is monotone); c / 0 = +inf marks the masked positions
+    q = torch.log(_nearest_rank(c.div_(mask_f), n, float(pivot)))  # [] pivot Q
     has = n > 0
-    q = torch.log(_nearest_rank(c.reshape(-1), valid.reshape(-1), float(pivot)))  # [] pivot Q
     q = torch.where(has, q, 0.0)  # no valid token: neutral stats (0, 1, 1e-8, -1e-8)
-    d = (x - q).mul_(mask_f)  # [B, L] z * s on valid tokens, 0 elsewhere
-    nf = n.clamp_min(1).to(cdtype)
+    c.clamp_max_(torch.finfo(cdtype).max)  # back to c on valid tokens (finite at the masked ones)
+    d = c.log_().sub_(q).mul_(mask_f)  # [B, L] x - Q = z * s on valid tokens, 0 elsewhere
     flat = d.reshape(-1)
-    s = torch.sqrt(torch.dot(flat, flat) / nf).clamp_min(ENTROPY_FLOOR)  # [] RMS about the pivot
+    s = torch.sqrt(torch.dot(flat, flat) / n.clamp_min(1.0)).clamp_min(ENTROPY_FLOOR)  # [] RMS about Q
     d_min, d_max = torch.aminmax(flat)  # the zeros at invalid positions never change the clamped results
     z_max = (d_max / s).clamp_min(ENTROPY_FLOOR)
     z_min = (d_min / s).clamp_max(-ENTROPY_FLOOR)
     s = torch.where(has, s, 1.0)
-    return EntropyStats(q=q, s=s, z_max=z_max, z_min=z_min), d, mask_f
+    return EntropyStats(q=q, s=s, z_max=z_max, z_min=z_min), d
 
 
 def entropy_stats(entropy: Tensor, mask: Tensor, pivot: float = 0.8) -> EntropyStats:
@@ -363,7 +367,8 @@ def entropy_stats(entropy: Tensor, mask: Tensor, pivot: float = 0.8) -> EntropyS
     With no valid token at all the stats are the neutral `(0, 1, 1e-8, -1e-8)`.
     Computed in float32 (float64 for float64 entropy).
     """
-    stats, _, _ = _stats_and_centred(entropy, mask, pivot, "entropy_stats")
+    with torch.no_grad():
+        stats, _ = _stats_and_centred(entropy, mask, pivot, "entropy_stats")
     return stats
 
 
@@ -372,18 +377,20 @@ def _check_mode(fn: str, mode: str) -> None:
         raise ValueError(f"{fn}: unknown mode {mode!r}; valid modes: {', '.join(NORMALIZE_MODES)}")
 
 
-def _h_from_centred(d: Tensor, stats: EntropyStats, mode: str) -> Tensor:
-    """`d = x - Q` (any shape) -> h, clamped to [-1, 1] (spec 0 step 5).
+def _h_from_centred_(d: Tensor, stats: EntropyStats, mode: str) -> Tensor:
+    """In place: `d = x - Q` (any shape, a buffer of ours) -> h, clamped to [-1, 1] (spec 0 step 5).
 
-    `h = max(d, 0) / (s z_max) + min(d, 0) / (s |z_min|)` in paper mode (`/ (s z_min)` in reference
-    mode), i.e. `z / z_max` for z > 0 and `z / |z_min|` (or `z / z_min`) for z <= 0.
+    `h = z / z_max` for z > 0 and `z / |z_min|` (paper) or `z / z_min` (reference) for z <= 0, as
+    `clamp(d / (s z_max), 0, 1) + clamp(d / (s |z_min|), -1, 0)` (reference: the second clamp to
+    [0, 1]): exactly one term is non-zero, so this is the clamped h, without bool tensors.
     """
-    q, s, z_max, z_min = (t.to(device=d.device, dtype=d.dtype) for t in stats)
+    _, s, z_max, z_min = (t.to(device=d.device, dtype=d.dtype) for t in stats)
     inv_pos = 1.0 / (s * z_max)
-    inv_neg = 1.0 / (s * z_min.abs()) if mode == "paper" else 1.0 / (s * z_min)
-    h = d.clamp_min(0.0).mul_(inv_pos)
-    h += d.clamp_max(0.0).mul_(inv_neg)
-    return h.clamp_(-1.0, 1.0)
+    if mode == "paper":
+        low = torch.mul(d, 1.0 / (s * z_min.abs())).clamp_(-1.0, 0.0)  # [..] h where z <= 0, else 0
+    else:
+        low = torch.mul(d, 1.0 / (s * z_min)).clamp_(0.0, 1.0)
+    return d.mul_(inv_pos).clamp_(0.0, 1.0).add_(low)
 
 
 def normalize_entropy(
@@ -407,12 +414,13 @@ def normalize_entropy(
     if mask is not None:
         check_tensor(fn, "mask", mask)
         check_same_shape(fn, entropy=entropy, mask=mask)
-    cdtype = float_dtype(entropy)
-    _, x = _log_entropy(entropy, cdtype)
-    h = _h_from_centred(x.sub_(stats.q.to(device=x.device, dtype=cdtype)), stats, mode)
-    if mask is not None:
-        h.mul_(as_float_mask(mask, cdtype))
-    return h
+    with torch.no_grad():
+        cdtype = float_dtype(entropy)
+        d = _clamped_entropy(entropy, cdtype).log_().sub_(stats.q.to(device=entropy.device, dtype=cdtype))
+        h = _h_from_centred_(d, stats, mode)
+        if mask is not None:
+            h.mul_(as_float_mask(mask, cdtype))
+        return h
 
 
 def normalize_batch_entropy(
@@ -426,5 +434,6 @@ def normalize_batch_entropy(
     """
     fn = "normalize_batch_entropy"
     _check_mode(fn, mode)
-    stats, d, _ = _stats_and_centred(entropy, mask, pivot, fn)
-    return _h_from_centred(d, stats, mode), stats  # d is 0 at masked positions, so h is too
+    with torch.no_grad():
+        stats, d = _stats_and_centred(entropy, mask, pivot, fn)
+        return _h_from_centred_(d, stats, mode), stats  # d is 0 at masked positions, so h is too

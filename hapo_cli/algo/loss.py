@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import as_bool_mask, as_float_mask, check_same_shape, check_tensor, float_dtype
+from ._common import as_float_mask, check_same_shape, check_tensor, count_ones, float_dtype
 from .aac import _check_alpha, _check_eps, _clip_limits
-from .dar import _check_beta, _redistribute
+from .dar import _check_beta, _redistribute_
 
 Tensor = torch.Tensor
 
@@ -72,30 +72,27 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, agg: str = "token-mean") -> 
     return _aggregate(per_token * mask_f, mask_f, agg)
 
 
-class _ClippedGain(torch.autograd.Function):
-    """Per-token clipped surrogate gain `g = -l [B, L]` from the ratio `r`; gradient into `logp` only.
+class _AttachGradient(torch.autograd.Function):
+    """`loss` (a scalar computed without autograd) as a function of `logp`: `d loss / d logp = coef * w`.
 
-    Backward is the textbook PPO gradient: `dg/dlogp = dg/dr * r = A r` where the clip does not
-    bind (g equals A r) and 0 where it binds (left, right or dual clip).
+    `coef [B, L]` is `d g / d logp` of the per-token gain (`A r` where no clip binds, else 0) and
+    `w` (0-dim, or `[B, 1]` for the seq-mean modes) is `d loss / d g` of the aggregation, so the
+    backward is one pass over `[B, L]` instead of autograd's chain through the clip, the masking
+    and the aggregation.
     """
 
     @staticmethod
-    def forward(
-        ctx, logp: Tensor, r: Tensor, a: Tensor, lo, hi, c
-    ) -> Tensor:  # [B, L]; lo, hi floats or [B, L]
-        g1 = a * r  # A r
-        g = torch.minimum(g1, a * r.clamp_min(lo).clamp_max_(hi))  # min(A r, A clip(r, 1 - eps_L, 1 + eps_R))
-        if c is not None:
-            g = torch.maximum(g, (a * c).clamp_max_(0.0))  # dual clip, binds only for A < 0
-        ctx.save_for_backward(g1.mul_((g == g1).view(torch.uint8).to(g1.dtype)))  # dg/dlogp
+    def forward(ctx, logp: Tensor, loss: Tensor, coef: Tensor, w: Tensor) -> Tensor:  # -> []
+        ctx.save_for_backward(coef, w)
         ctx.logp_dtype = logp.dtype
-        return g
+        return loss.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        (dg_dlogp,) = ctx.saved_tensors
-        return (grad_out * dg_dlogp).to(ctx.logp_dtype), None, None, None, None, None
+        coef, w = ctx.saved_tensors
+        grad = coef * (grad_out.to(w.dtype) * w)  # [B, L]
+        return grad.to(ctx.logp_dtype), None, None, None
 
 
 def _limit(eps: float | Tensor, sign: float, ref: Tensor) -> float | Tensor:
@@ -103,6 +100,33 @@ def _limit(eps: float | Tensor, sign: float, ref: Tensor) -> float | Tensor:
     if isinstance(eps, Tensor):
         return (eps.detach().to(device=ref.device, dtype=ref.dtype) * sign).add_(1.0)
     return 1.0 + sign * float(eps)
+
+
+def _clamp(x: Tensor, lo: float | Tensor, hi: float | Tensor, out: Tensor) -> Tensor:
+    """`min(max(x, lo), hi)` written to `out`, for float and/or tensor limits."""
+    if isinstance(lo, Tensor) != isinstance(hi, Tensor):
+        return torch.clamp_min(x, lo, out=out).clamp_max_(hi)
+    return torch.clamp(x, lo, hi, out=out)
+
+
+def _aggregate_gain(g: Tensor, counts: Tensor | None, n: Tensor, agg: str) -> tuple[Tensor, Tensor]:
+    """`(loss, w)` of the per-token gain `g [B, L]` (0 at padding): `loss = -aggregate(g)` (the
+    arithmetic of `_aggregate`) and `w = d loss / d g` (0-dim, or `[B, 1]` for the seq-mean modes).
+    `n`: valid tokens; `counts [B]`: valid tokens per sequence (needed by the seq-mean modes)."""
+    if agg == "token-mean":
+        denom = n.clamp_min(1.0)
+        return -(g.sum() / denom), torch.full_like(denom, -1.0) / denom
+    if agg == "seq-mean-token-sum-norm":
+        denom = float(max(g.numel(), 1))
+        return -(g.sum() / denom), torch.full((), -1.0 / denom, dtype=g.dtype, device=g.device)
+    seq = g.sum(-1)  # [B]
+    rows = (counts > 0).sum().clamp_min(1)  # [] sequences with a valid token
+    w = torch.full_like(counts, -1.0) / rows  # [B]
+    if agg == "seq-mean-token-mean":
+        counts = counts.clamp_min(1.0)
+        seq = seq / counts
+        w = w / counts
+    return -(seq.sum() / rows), w.unsqueeze(-1)
 
 
 def _loss_core(
@@ -135,51 +159,74 @@ def _loss_core(
     _check_eps(fn, "eps_high", eps_high)
     c = None if clip_ratio_c is None else float(clip_ratio_c)
 
+    # The arithmetic below runs on five [B, L] float buffers (seven with AAC), in place where it
+    # can: on CPU a fresh [B, L] temporary costs about as much as the arithmetic on it (allocation,
+    # page faults), and comparisons are written as 0/1 floats (`torch.lt(..., out=float)`),
+    # several times cheaper there than bool tensors and `torch.where`.
     with torch.no_grad():
         dtype = float_dtype(logp, old_logp, adv)
-        valid = as_bool_mask(mask)  # [B, L]
-        mask_f = as_float_mask(valid, dtype)  # [B, L] 0/1
-        a = adv.detach().to(dtype) * mask_f  # [B, L] A, 0 at padding
-        log_ratio = (logp.detach().to(dtype) - old_logp.detach().to(dtype)).mul_(mask_f)  # 0 at padding
-        log_ratio.clamp_(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # numerical guard: r never overflows to inf
-        r = torch.exp(log_ratio)  # [B, L] r = exp(logp - old_logp), 1 at padding
+        mask_f = as_float_mask(mask, dtype)  # [B, L] 0/1 (a new tensor: reused as scratch below)
+        n = count_ones(mask_f)  # [] valid tokens
+        denom = n.clamp_min(1.0)
+        counts = None if agg in ("token-mean", "seq-mean-token-sum-norm") else mask_f.sum(-1)  # [B]
+        r = torch.sub(logp.detach().to(dtype), old_logp.detach().to(dtype))  # [B, L] log r
+        r.mul_(mask_f).clamp_(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp_()  # r, 1 at padding; never inf
+        a = torch.mul(adv.detach().to(dtype), mask_f)  # [B, L] A, 0 at padding
+        g1, g = torch.empty_like(r), torch.empty_like(r)  # [B, L] buffers
+        # ratio statistics over valid tokens (r > 0, so the zeros at padding never win; all 0 without tokens)
+        inv_min = torch.div(mask_f, r, out=g).amax()  # = 1 / (min valid r)
+        ratio_max = torch.mul(r, mask_f, out=g).amax()
+        ratio_mean = g.sum() / denom
+        t = mask_f  # the mask is folded into r and A: its buffer is the third scratch buffer from here on
+        del mask_f
+
         hd = None if h is None else h.detach().to(dtype)
         if hd is not None and alpha is not None:  # D: per-token limits 1 - eps_L', 1 + eps_R'
             lo, hi = _clip_limits(hd, eps_low, eps_high, float(alpha))
         else:
             lo, hi = _limit(eps_low, -1.0, r), _limit(eps_high, 1.0, r)
-        if hd is not None and beta is not None:  # C: with the same (possibly widened) bounds
-            a = _redistribute(a, hd, r, lo, hi, float(beta))
+        if hd is not None and beta is not None:  # C: with the same (possibly widened) bounds, in place
+            _redistribute_(a, hd, r, lo, hi, float(beta), scratch=(g1, g))
 
-    gain = _ClippedGain.apply(logp, r, a, lo, hi, c)  # [B, L], 0 at padding
-    loss = -_aggregate(gain, mask_f, agg)
+        # the gain g = -l = max(min(A r, A clip(r, lo, hi)), min(A c, 0)); 0 at padding (A = 0)
+        torch.mul(a, r, out=g1)  # [B, L] A r
+        _clamp(r, lo, hi, out=g).mul_(a)  # [B, L] A clip(r, lo, hi)
+        torch.minimum(g1, g, out=g)
+        if c is not None:
+            torch.mul(a, c, out=t).clamp_max_(0.0)  # [B, L] min(A c, 0): the dual clip binds only for A < 0
+            torch.maximum(g, t, out=g)
+        loss, w = _aggregate_gain(g, counts, n, agg)
+        coef = torch.eq(g, g1, out=t).mul_(g1)  # [B, L] d g / d logp: A r where no clip binds, else 0
 
+        # clip metrics, with g and g1 as scratch
+        neg = torch.lt(a, 0.0, out=g1)  # [B, L] A < 0 (padding has A = 0, so it is never counted)
+        left = torch.lt(r, lo, out=g).mul_(neg)  # [B, L] the lower clip binds
+        clipfrac_left = count_ones(left) / denom
+        token_clipped_left = left.bool()
+        if c is not None:
+            clipfrac_dual = count_ones(torch.gt(r, c, out=g).mul_(neg)) / denom  # the dual clip binds
+        else:
+            clipfrac_dual = torch.zeros((), dtype=dtype, device=r.device)
+        pos = torch.gt(a, 0.0, out=g1)  # [B, L] A > 0
+        right = torch.gt(r, hi, out=g).mul_(pos)  # [B, L] the upper clip binds
+        clipfrac_right = count_ones(right) / denom
+        token_clipped_right = right.bool()
+
+    loss = _AttachGradient.apply(logp, loss, coef, w)  # [] differentiable w.r.t. logp
     with torch.no_grad():
-        pos = a > 0
-        neg = a < 0  # padding has a = 0, so it is never counted below
-        left = (r < lo) & neg  # [B, L] the lower clip binds
-        right = (r > hi) & pos  # [B, L] the upper clip binds
-        n = mask_f.sum()  # []
-        denom = n.clamp_min(1.0)
         metrics: dict[str, Tensor] = {
             "loss": loss.detach(),
-            "clipfrac_left": torch.count_nonzero(left) / denom,
-            "clipfrac_right": torch.count_nonzero(right) / denom,
+            "clipfrac_left": clipfrac_left,
+            "clipfrac_right": clipfrac_right,
+            "clipfrac": clipfrac_left + clipfrac_right,
+            "clipfrac_dual": clipfrac_dual,
+            "ratio_mean": ratio_mean,
+            "ratio_max": ratio_max,
+            "ratio_min": torch.where(inv_min > 0, 1.0 / inv_min, 0.0),
+            "n_tokens": n,
+            "token_clipped_left": token_clipped_left,
+            "token_clipped_right": token_clipped_right,
         }
-        metrics["clipfrac"] = metrics["clipfrac_left"] + metrics["clipfrac_right"]
-        if c is not None:
-            metrics["clipfrac_dual"] = torch.count_nonzero((r > c) & neg) / denom
-        else:
-            metrics["clipfrac_dual"] = torch.zeros((), dtype=dtype, device=r.device)
-        flat_r, flat_m = r.reshape(-1), mask_f.reshape(-1)
-        metrics["ratio_mean"] = torch.dot(flat_r, flat_m) / denom
-        # r > 0, so the zeros at padding never win (and it is 0 with no valid token)
-        metrics["ratio_max"] = (flat_r * flat_m).amax()
-        inv_min = (flat_m / flat_r).amax()  # = 1 / (min valid r); 0 if no token
-        metrics["ratio_min"] = torch.where(inv_min > 0, 1.0 / inv_min, 0.0)
-        metrics["n_tokens"] = n
-        metrics["token_clipped_left"] = left
-        metrics["token_clipped_right"] = right
     return loss, metrics
 
 

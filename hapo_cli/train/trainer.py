@@ -445,10 +445,12 @@ class Trainer:
         per_rank_mb = t.mini_batch_size // self.dist.world  # groups per mini-batch on this rank
         T = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
         use_h = any(self.components[k] for k in "CD")
-        acc_m: dict[str, float] = {}
+        # diagnostics stay on the device as tensors; one host transfer at the end of the step
+        acc_m: dict[str, torch.Tensor] = {}
 
-        def add(k: str, v: float) -> None:
-            acc_m[k] = acc_m.get(k, 0.0) + float(v)
+        def add(k: str, v) -> None:
+            v = torch.as_tensor(v, device=self.device).detach().double()
+            acc_m[k] = acc_m[k] + v if k in acc_m else v
 
         n_updates = skipped = 0
         grad_norms = []
@@ -462,7 +464,7 @@ class Trainer:
                 mb_mask = b.mask[rows]
                 denom_tok = self.dist.sum(mb_mask.sum().detach()).clamp(min=1.0)  # global tokens in the mini-batch
                 denom_seq = self.dist.sum(torch.tensor(float(len(rows)), device=self.device))
-                finite = True
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
                 micro = self._micro_slices(len(rows), t.micro_batch_size)
                 for k, sl in enumerate(micro):
                     r = rows[sl]
@@ -499,8 +501,7 @@ class Trainer:
                             kl = (torch.exp(d) - d - 1) * mask
                             total = total + a.kl_coef * kl.sum() / denom_tok * self.dist.world
                             add("actor/kl_sum", kl.sum().detach())
-                        if not torch.isfinite(total):
-                            finite = False
+                        finite = finite & torch.isfinite(total.detach())
                         self.accelerator.backward(total)
                     # diagnostics (token sums; normalised below)
                     valid = mask.bool()
@@ -522,10 +523,11 @@ class Trainer:
                     add("absadv_hneg", (adv.abs() * hn).sum())
                     add("adv_pos_sum", (adv.clamp(min=0) * mask).sum())
                     add("adv_neg_sum", (adv.clamp(max=0) * mask).sum())
-                    acc_m["ratio_max"] = max(acc_m.get("ratio_max", 0.0), float(m["ratio_max"]))
-                    acc_m["ratio_min"] = min(acc_m.get("ratio_min", float("inf")), float(m["ratio_min"]))
+                    rmax, rmin = m["ratio_max"].detach().double(), m["ratio_min"].detach().double()
+                    acc_m["ratio_max"] = torch.maximum(acc_m["ratio_max"], rmax) if "ratio_max" in acc_m else rmax
+                    acc_m["ratio_min"] = torch.minimum(acc_m["ratio_min"], rmin) if "ratio_min" in acc_m else rmin
                 gn = self._clip_and_check()
-                if not finite or not math.isfinite(gn):
+                if not bool(finite) or not math.isfinite(gn):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                 else:
@@ -534,6 +536,9 @@ class Trainer:
                     grad_norms.append(gn)
                 self.scheduler.step()
                 n_updates += 1
+        if acc_m:  # one device -> host transfer for all diagnostics
+            keys = sorted(acc_m)
+            acc_m = dict(zip(keys, torch.stack([acc_m[k] for k in keys]).cpu().tolist()))
         tok = max(1.0, acc_m.get("tok", 0.0))
         hpos, hneg = max(1.0, acc_m.get("tok_hpos", 0.0)), max(1.0, acc_m.get("tok_hneg", 0.0))
         out = {
