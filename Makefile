@@ -1,12 +1,12 @@
 # hapo: every target is a thin wrapper over the CLI. Variables pass through:
 #   make hapo OVERRIDES="trainer.total_steps=100"   make eval-all MODEL=runs/x/checkpoints/step_000060
-#   make ablate-paper EXP=hapo_qwen2.5_math_7b SEEDS=3   make report SWEEP=runs/sweeps/paper
+#   make ablate-paper SEEDS=3   make report SWEEP=runs/sweeps/paper   (with EXP=x the sweep is runs/sweeps/paper-x)
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 TORCH ?= torch==2.13.0
 MODEL ?= tiny
 EXP ?=
-SEEDS ?= 1
+SEEDS ?=
 OVERRIDES ?=
 SWEEP ?= runs/sweeps
 BENCHES ?= aime24,aime25,amc23,math500,olympiadbench,minerva
@@ -35,19 +35,19 @@ baseline:           ## DAPO baseline
 hapo:               ## HAPO, all four components
 	hapo train algorithm=hapo $(EXP_ARG) $(OVERRIDES)
 
-ablate-paper:       ## the paper's ablation rows (ablations/paper.yaml)
-	hapo ablate --spec ablations/paper.yaml --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+ablate-paper:       ## the paper's ablation rows (ablations/paper.yaml: DAPO, +A, +B, +C, +D, A+B, A+B+C, HAPO), SEEDS seeds (default 1)
+	hapo ablate --spec ablations/paper.yaml --seeds $(or $(SEEDS),1) $(EXP_ARG) $(OVERRIDES)
 
-ablate-loo:         ## leave-one-out: HAPO and HAPO minus each component
-	hapo ablate --spec ablations/leave_one_out.yaml --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+ablate-loo:         ## leave-one-out (ablations/leave_one_out.yaml): DAPO, HAPO and HAPO minus each component
+	hapo ablate --spec ablations/leave_one_out.yaml --seeds $(or $(SEEDS),1) $(EXP_ARG) $(OVERRIDES)
 
-sweep-seeds:        ## DAPO vs HAPO over SEEDS seeds
-	hapo ablate --components A,B,C,D --mode single --include-baseline --seeds $(SEEDS) $(EXP_ARG) $(OVERRIDES)
+sweep-seeds:        ## DAPO vs HAPO (A+B+C+D on DAPO) over SEEDS seeds (default 3)
+	hapo ablate --components A,B,C,D --mode single --include-baseline --seeds $(or $(SEEDS),3) $(EXP_ARG) $(OVERRIDES)
 
-eval-all:           ## every benchmark on MODEL
+eval-all:           ## every benchmark (BENCHES) on MODEL: a checkpoint folder, Hub id or tiny
 	hapo eval --bench $(BENCHES) --model $(MODEL) $(OVERRIDES)
 
-report:             ## plots and tables of a sweep or runs
+report:             ## plots and tables of SWEEP (a sweep, a run, or a folder of them) into SWEEP/report/
 	hapo report $(SWEEP)
 
 vllm-side-env:      ## vLLM's interface modules (no deps) in .vllm-env, for the contract test

@@ -33,32 +33,38 @@ def _root(
 from hapo_cli.train.command import train_command  # noqa: E402
 
 app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
+from hapo_cli.evaluate.command import eval_command  # noqa: E402
+
+app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(eval_command)
+from hapo_cli.sweep.command import ablate_command  # noqa: E402
+
+app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(ablate_command)
+from hapo_cli.report.command import report_command  # noqa: E402
+
+app.command("report")(report_command)
 
 
 def main() -> None:
-    """Console entry point: run the app and turn HapoError into one clear line."""
+    """Console entry point: run the app; HapoError and usage errors become one clear line."""
+    from typer._click.exceptions import ClickException  # typer vendors its own click
+
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except HapoError as err:
         if os.environ.get("HAPO_DEBUG"):
             raise
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except ClickException as err:  # usage errors: bad option, missing value
+        err.show()
+        sys.exit(err.exit_code)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    # with standalone_mode=False, click returns the code of typer.Exit(n) instead of raising it
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

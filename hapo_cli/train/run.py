@@ -28,16 +28,7 @@ from typing import Any
 import torch
 
 from hapo_cli.errors import HapoError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from hapo_cli.fileio import atomic_write_text
 
 
 def git_commit() -> str | None:
