@@ -7,6 +7,7 @@ from that environment, and, for the CPU file, a real 2-process launch.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -123,5 +124,6 @@ def test_cpu_ddp_file_starts_two_gloo_processes(tmp_path):
                           str(ACC_DIR / "cpu_ddp_2proc.yaml"), "--main_process_port", str(port), str(probe)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    lines = sorted(ln for ln in res.stdout.splitlines() if ln.startswith("RANK "))
+    # two processes share stdout: their lines may interleave, so match records, not lines
+    lines = sorted(re.findall(r"RANK \d+ \d+ \w+ [\d.]+?(?=RANK|\s|$)", res.stdout))
     assert lines == ["RANK 0 2 MULTI_CPU 3.0", "RANK 1 2 MULTI_CPU 3.0"], res.stdout + res.stderr[-2000:]

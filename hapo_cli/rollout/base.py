@@ -24,6 +24,13 @@ class SamplingParams:
     seed: int | None = None  # generator seed for this call (None: engine's running RNG)
     ats: ATSParams | None = None  # adaptive temperature; None (or greedy) leaves sampling untouched
 
+    def samples_and_greedy(self) -> tuple[int, bool]:
+        """(samples per prompt, greedy?); greedy decoding gives one response per prompt."""
+        n, greedy = max(1, int(self.n)), self.temperature <= 0
+        if greedy and n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one response per prompt: use n=1")
+        return n, greedy
+
 
 @dataclass
 class ATSParams:

@@ -64,10 +64,7 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
-        n = max(1, int(params.n))
-        greedy = params.temperature <= 0
-        if greedy and n > 1:
-            raise ValueError("greedy decoding (temperature 0) gives one response per prompt: use n=1")
+        n, greedy = params.samples_and_greedy()
         flat = [p for p in prompts for _ in range(n)]
         if params.seed is not None:
             torch.manual_seed(params.seed)

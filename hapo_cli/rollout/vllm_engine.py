@@ -420,10 +420,7 @@ class VLLMRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
-        n = max(1, int(params.n))
-        greedy = params.temperature <= 0
-        if greedy and n > 1:
-            raise ValueError("greedy decoding (temperature 0) gives one response per prompt: use n=1")
+        n, greedy = params.samples_and_greedy()
         self._prepare()
         call = self._calls
         self._calls += 1

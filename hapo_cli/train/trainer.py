@@ -55,7 +55,8 @@ def make_engine(cfg: Config, model, tokenizer):
     if cfg.rollout.engine == "hf":
         from hapo_cli.rollout.hf import HFRolloutEngine
 
-        return HFRolloutEngine(model, tokenizer, batch_size=cfg.rollout.batch_size)
+        # the trainer recomputes old log-probs itself: skip the [N, L, V] scores of generate
+        return HFRolloutEngine(model, tokenizer, batch_size=cfg.rollout.batch_size, return_logprobs=False)
     try:
         from hapo_cli.rollout.vllm_engine import VLLMRolloutEngine
     except ImportError as err:
@@ -652,17 +653,19 @@ class Trainer:
         d = self.run_dir / "rollouts"
         d.mkdir(exist_ok=True)
         n = min(limit, len(b))
+        lengths = b.mask[:n].sum(-1).long().tolist()
+        cols = {k: [[round(x, 5) for x in row] for row in t[:n].tolist()]
+                for k, t in (("entropy", b.entropy), ("h", b.h), ("adv", b.adv), ("temperature", b.roll.temperatures))}
+        ids = b.response_ids[:n].tolist()
+        groups, acc, score = b.group_ids[:n].tolist(), b.acc[:n].tolist(), b.score[:n].tolist()
         with open(d / f"step_{self.step:06d}.jsonl", "w") as f:
             for i in range(n):
-                L = int(b.mask[i].sum())
+                L = lengths[i]
                 f.write(json.dumps({
-                    "group": int(b.group_ids[i]), "text": b.roll.texts[i], "answer": b.answers[i],
-                    "acc": float(b.acc[i]), "score": float(b.score[i]),
-                    "tokens": self.tokenizer.convert_ids_to_tokens(b.response_ids[i, :L].tolist()),
-                    "entropy": [round(float(x), 5) for x in b.entropy[i, :L]],
-                    "h": [round(float(x), 5) for x in b.h[i, :L]],
-                    "adv": [round(float(x), 5) for x in b.adv[i, :L]],
-                    "temperature": [round(float(x), 5) for x in b.roll.temperatures[i, :L]],
+                    "group": int(groups[i]), "text": b.roll.texts[i], "answer": b.answers[i],
+                    "acc": float(acc[i]), "score": float(score[i]),
+                    "tokens": self.tokenizer.convert_ids_to_tokens(ids[i][:L]),
+                    **{k: v[i][:L] for k, v in cols.items()},
                 }) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
