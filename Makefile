@@ -51,7 +51,7 @@ report:             ## plots and tables of SWEEP (a sweep, a run, or a folder of
 	hapo report $(SWEEP)
 
 vllm-side-env:      ## vLLM's interface modules (no deps) in .vllm-env, for the contract test
-	bash scripts/install_vllm_side_env.sh
+	bash tests/install_vllm_side_env.sh
 
 bench:              ## the benchmark scripts (tables)
 	$(PYTHON) benchmarks/algo_overhead.py

@@ -1,7 +1,7 @@
 """hapo's vLLM ATS logits processors against the REAL vLLM classes, on CPU (no GPU, no model).
 
 vLLM is taken from the environment, or from the side folder `.vllm-env` ($VLLM_SIDE_ENV) that
-`bash scripts/install_vllm_side_env.sh` (`make vllm-side-env`) fills with vLLM's Python modules
+`bash tests/install_vllm_side_env.sh` (`make vllm-side-env`) fills with vLLM's Python modules
 and no dependencies; the folder is APPENDED to sys.path so it never shadows the main
 environment. Without either, the module is skipped with that instruction.
 
@@ -32,7 +32,7 @@ import torch
 from hapo_cli.algo import EntropyStats, adaptive_temperature
 
 SIDE_ENV = Path(os.environ.get("VLLM_SIDE_ENV") or Path(__file__).resolve().parent.parent / ".vllm-env")
-INSTALL_HINT = "install the side env: bash scripts/install_vllm_side_env.sh (or make vllm-side-env)"
+INSTALL_HINT = "install the side env: bash tests/install_vllm_side_env.sh (or make vllm-side-env)"
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None and not SIDE_ENV.is_dir(),

@@ -5,8 +5,8 @@
 # The main environment is never touched: nothing is installed into site-packages, and the test
 # only puts the folder on sys.path. Needs network access to PyPI; ~900 MB on disk; ~1 minute.
 #
-#   bash scripts/install_vllm_side_env.sh                      # vLLM 0.33.0 into .vllm-env
-#   VLLM_VERSION=0.32.0 VLLM_SIDE_ENV=/tmp/venv bash scripts/install_vllm_side_env.sh
+#   bash tests/install_vllm_side_env.sh                      # vLLM 0.33.0 into .vllm-env
+#   VLLM_VERSION=0.32.0 VLLM_SIDE_ENV=/tmp/venv bash tests/install_vllm_side_env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
