@@ -161,11 +161,11 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = True
         self.tokenizer = tok
-        self.ref_model = None
+        self.ref_scorer = None  # frozen initial policy, only for the KL penalty
         if cfg.algorithm.kl_coef > 0:
             import copy
 
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_scorer = ResponseScorer(copy.deepcopy(model).eval().requires_grad_(False), m.logits_chunk_size)
         scorer = ResponseScorer(model, chunk_size=m.logits_chunk_size)
         opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.updates_per_step = (t.train_batch_size // t.mini_batch_size) * t.ppo_epochs
@@ -397,7 +397,6 @@ class Trainer:
         if a.mask_truncated:
             trunc = roll.truncated.to(self.device)
             batch.mask = batch.mask * (~trunc).float().unsqueeze(-1)
-        self._last_roll_texts = roll.texts
         return batch, stats
 
     # ------------------------------------------------------------ scoring and advantages
@@ -416,9 +415,8 @@ class Trainer:
                 lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=T)
             lps.append(lp)
             ents.append(ent)
-            if self.ref_model is not None:
-                ref = ResponseScorer(self.ref_model, self.cfg.model.logits_chunk_size)
-                refs.append(ref(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=T,
+            if self.ref_scorer is not None:
+                refs.append(self.ref_scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=T,
                                 with_entropy=False)[0])
         b.old_logp = torch.cat(lps) * b.mask
         b.entropy = torch.cat(ents) * b.mask
