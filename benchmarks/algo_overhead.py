@@ -13,7 +13,8 @@ Component rows: each public call alone (the loss ones forward + backward), to sh
 HAPO path's extra time goes. Ratios are against the DAPO row of the same kind. The entropy_stats
 row is work HAPO needs and DAPO does not, whatever the implementation: one log per token and the
 exact nearest-rank pivot (two histogram passes over the batch); HAPO/DAPO cannot be below
-1 + its ratio.
+1 + its ratio. The "floor" row is the least of that work any implementation needs (one log per
+token, one histogram pass): 1 + its ratio bounds even a fused kernel.
 The per-token entropy comes out of the policy's forward pass in both trainers, so token_entropy
 is counted in neither path.
 
@@ -53,6 +54,8 @@ from hapo_cli.algo import (  # noqa: E402
     redistribute_advantages,
     tlga_advantages,
 )
+
+_LITTLE = sys.byteorder == "little"
 
 try:
     import resource
@@ -136,6 +139,15 @@ def stats_only(d: dict, logp: torch.Tensor) -> None:
     entropy_stats(d["entropy"], d["mask"], pivot=0.8)
 
 
+def floor_only(d: dict, logp: torch.Tensor) -> None:
+    """The per-token work HAPO adds that no implementation can skip: one log per token and one
+    histogram pass over the batch (an exact order statistic needs at least one). A fused kernel
+    could approach DAPO + this; eager PyTorch adds a pass over memory for every other operation."""
+    torch.log(d["entropy"])
+    top = d["entropy"].reshape(-1).view(torch.int16).view(-1, 2)[:, 1 if _LITTLE else 0]
+    torch.bincount(top, minlength=1 << 15)
+
+
 # (name, function, reference row for the ratio, what it runs)
 ROWS = [
     ("DAPO", dapo_step, "DAPO", "grpo_advantages + policy_loss (clip-higher 0.2/0.28)"),
@@ -148,6 +160,7 @@ ROWS = [
     ("tlga_advantages", tlga_only, "DAPO", "component of HAPO (B)"),
     ("normalize_batch_entropy", entropy_only, "DAPO", "component of HAPO: stats (log H, exact pivot, s, z) + h"),
     ("entropy_stats", stats_only, "DAPO", "part of the above: the statistics alone"),
+    ("floor", floor_only, "DAPO", "HAPO-only work no implementation skips: log H + 1 histogram pass"),
 ]  # fmt: skip
 
 

@@ -354,3 +354,20 @@ def test_normalize_entropy_validation():
         normalize_entropy(torch.rand(2, 2), st, torch.ones(2, 3))
     with pytest.raises(ValueError, match="EntropyStats"):
         normalize_entropy(torch.rand(2, 2), (0.0, 1.0, 1.0, -1.0))
+
+
+def test_histogram_accelerator_path_equals_bincount():
+    # _histogram uses bincount on CPU and index_add_ elsewhere (bincount syncs on accelerators);
+    # both must count the same, for the strided int16 digits and the int32 / int64 ones.
+    from hapo_cli.algo.entropy import _histogram
+
+    gen = torch.Generator().manual_seed(5)
+    key = torch.rand(4097, generator=gen) * 7 + 1e-3  # float32 > 0
+    top = key.view(torch.int16).view(-1, 2)[:, 1]  # strided int16 view, as the pivot's first pass
+    idx32 = torch.randint(0, 65538, (5000,), generator=gen, dtype=torch.int32)
+    for idx, nbins in ((top, 1 << 15), (idx32, 65538), (idx32.long(), 65538)):
+        a = _histogram(idx, nbins, bincount=True)
+        b = _histogram(idx, nbins, bincount=False)
+        assert a.dtype == b.dtype == torch.long and a.shape == b.shape == (nbins,)
+        assert torch.equal(a, b) and int(a.sum()) == idx.numel()
+        assert torch.equal(a, torch.bincount(idx.long(), minlength=nbins))

@@ -264,14 +264,17 @@ class EntropyStats(NamedTuple):
         return EntropyStats(*(t.to(device=device, dtype=dtype) for t in self))
 
 
-def _histogram(idx: Tensor, nbins: int) -> Tensor:
-    """Counts of each value of `idx [N]` (long, all in [0, nbins)) -> `[nbins]` long.
+def _histogram(idx: Tensor, nbins: int, bincount: bool | None = None) -> Tensor:
+    """Counts of each value of `idx [N]` (any integer dtype, all in [0, nbins); may be strided) -> `[nbins]` long.
 
-    `torch.bincount` is the fastest on CPU, but on accelerators it reads `idx.max()` on the host
-    (a sync), so there an `index_add_` of ones is used instead.
+    `torch.bincount` is the fastest on CPU and reads int16 / int32 directly (no long copy), but on
+    accelerators it reads `idx.max()` on the host (a sync), so there an `index_add_` of ones is
+    used instead (which wants int32 / int64 indices). `bincount` forces one way (None: by device).
     """
-    if idx.device.type == "cpu":
+    if bincount if bincount is not None else idx.device.type == "cpu":
         return torch.bincount(idx, minlength=nbins)
+    if idx.dtype not in (torch.int32, torch.int64):
+        idx = idx.to(torch.int32)
     ones = torch.ones((), dtype=torch.long, device=idx.device).expand(idx.shape[0])
     return torch.zeros(nbins, dtype=torch.long, device=idx.device).index_add_(0, idx, ones)
 
@@ -282,35 +285,38 @@ def _little_endian() -> bool:
     return memoryview(b"\x01\x00").cast("H")[0] == 1
 
 
-def _nearest_rank(key: Tensor, n: Tensor, pivot: float) -> Tensor:
+def _nearest_rank(key: Tensor, n: Tensor, pivot: float, scratch: Tensor | None = None) -> Tensor:
     """Nearest-rank quantile of the finite entries of `key` (floats > 0; `+inf` marks invalid entries).
 
     `n` (0-dim, key's dtype) is the number of valid (finite) entries. Returns the valid element of
     rank `round(pivot * (n - 1))` (0-based, round half to even, rank computed in key's dtype), i.e.
     exactly `torch.quantile(key[valid], pivot, interpolation="nearest")`, as a 0-dim tensor.
+    `scratch`: an optional contiguous buffer with key's dtype and number of elements, overwritten
+    (saves one allocation); `key` itself is not modified.
 
     Radix select on the IEEE-754 bit patterns, which sort like the values for non-negative floats;
     the invalid entries (+inf) are the largest, so the wanted element has the same rank among ALL
     entries. Then 16-bit digits are fixed from the top, one histogram pass each (2 passes for
-    float32, 4 for float64): bin 0 counts the entries below the digits fixed so far, bins
-    1..2^16 the next digit of the entries that match them, the last bin those above; the bin where
-    the cumulative count passes the rank is the digit. O(N), no sort, and the rank stays a tensor:
-    no device->host sync, unlike torch.quantile / torch.kthvalue (and no 16M-element limit as in
-    torch.quantile). One long buffer holds the digits of every pass.
+    float32, 4 for float64). The top digit is the most significant int16 of each element, counted
+    in place (sign bit 0, so it is < 2^15). Later passes: bin 0 counts the entries below the
+    digits fixed so far, bins 1..2^16 the next digit of the entries that match them, the last bin
+    those above; the bin where the cumulative count passes the rank is the digit. O(N), no sort,
+    no long copies, and the rank stays a tensor: no device->host sync, unlike torch.quantile /
+    torch.kthvalue (and no 16M-element limit as in torch.quantile).
     """
     if key.dtype == torch.float64:
         int_dtype, bits = torch.int64, 64
     else:
         int_dtype, bits = torch.int32, 32
-    bits_key = key.reshape(-1).view(int_dtype)  # [N] >= 0
+    flat = key.reshape(-1)
+    bits_key = flat.view(int_dtype)  # [N] >= 0
     rank = torch.round((n - 1) * pivot).long().clamp_min_(0).reshape(1)  # [1] 0-based
-    # Top digit: the sign bit is 0, so key >> (bits - 16) < 2^15; bin = digit. It is the most
-    # significant int16 of each element, read in place (one strided pass straight into long).
-    words = key.reshape(-1).view(torch.int16).view(-1, bits // 16)  # [N, 2 or 4]
-    idx = words[:, -1 if _little_endian() else 0].long()  # [N] bincount wants long
-    cum = torch.cumsum(_histogram(idx, 1 << 15), 0)  # [2^15]
+    words = flat.view(torch.int16).view(-1, bits // 16)  # [N, 2 or 4]
+    top = words[:, -1 if _little_endian() else 0]  # [N] int16 view, strided: no copy
+    cum = torch.cumsum(_histogram(top, 1 << 15), 0)  # [2^15]
     prefix = torch.searchsorted(cum, rank, right=True).to(int_dtype)  # [1] the digits fixed so far
     nbins = (1 << 16) + 2
+    idx = torch.empty_like(bits_key) if scratch is None else scratch.reshape(-1).view(int_dtype)  # [N]
     for shift in range(bits - 32, -1, -16):
         shifted = torch.bitwise_right_shift(bits_key, shift, out=idx) if shift else bits_key
         # [N] 0 below the fixed digits, 1 + next digit where they match, nbins - 1 above (into idx)
@@ -330,8 +336,15 @@ def _clamped_entropy(entropy: Tensor, cdtype: torch.dtype) -> Tensor:
     return torch.clamp(entropy.detach().to(cdtype), ENTROPY_FLOOR, torch.finfo(cdtype).max).contiguous()
 
 
-def _stats_and_centred(entropy: Tensor, mask: Tensor, pivot: float, fn: str) -> tuple[EntropyStats, Tensor]:
-    """Shared by entropy_stats / normalize_batch_entropy: `(stats, d = (x - Q) * mask [B, L])`, d a new tensor."""
+def _stats_and_centred(
+    entropy: Tensor, mask: Tensor, pivot: float, fn: str
+) -> tuple[EntropyStats, Tensor, Tensor]:
+    """Shared by entropy_stats / normalize_batch_entropy: `(stats, d, scratch)`.
+
+    `d = (x - Q) * mask [B, L]` (a new tensor) and `scratch`, a `[B, L]` buffer of d's dtype that
+    the caller may overwrite. Three `[B, L]` allocations in all (the float mask, d, scratch): on
+    CPU a fresh temporary costs about as much as the arithmetic on it (page faults).
+    """
     check_tensor(fn, "entropy", entropy)
     check_tensor(fn, "mask", mask)
     check_same_shape(fn, entropy=entropy, mask=mask)
@@ -341,11 +354,13 @@ def _stats_and_centred(entropy: Tensor, mask: Tensor, pivot: float, fn: str) -> 
     mask_f = as_float_mask(mask, cdtype)  # [B, L] 0/1
     n = count_ones(mask_f)  # [] valid tokens
     c = _clamped_entropy(entropy, cdtype)  # [B, L] max(H, 1e-8), at most the dtype's max
+    scratch = torch.empty_like(c)  # [B, L]: the pivot's digits, then the caller's
     # Q = log of the pivot of c (log is monotone); c / 0 = +inf marks the masked positions
-    q = torch.log(_nearest_rank(c.div_(mask_f), n, float(pivot)))  # [] pivot Q
+    q = torch.log(_nearest_rank(c.div_(mask_f), n, float(pivot), scratch=scratch))  # [] pivot Q
     has = n > 0
     q = torch.where(has, q, 0.0)  # no valid token: neutral stats (0, 1, 1e-8, -1e-8)
-    c.clamp_max_(torch.finfo(cdtype).max)  # back to c on valid tokens (finite at the masked ones)
+    # back to c on valid tokens, finite at the masked ones (log(inf) is several times slower than log(x))
+    c.clamp_max_(torch.finfo(cdtype).max)
     d = c.log_().sub_(q).mul_(mask_f)  # [B, L] x - Q = z * s on valid tokens, 0 elsewhere
     flat = d.reshape(-1)
     s = torch.sqrt(torch.dot(flat, flat) / n.clamp_min(1.0)).clamp_min(ENTROPY_FLOOR)  # [] RMS about Q
@@ -353,7 +368,7 @@ def _stats_and_centred(entropy: Tensor, mask: Tensor, pivot: float, fn: str) -> 
     z_max = (d_max / s).clamp_min(ENTROPY_FLOOR)
     z_min = (d_min / s).clamp_max(-ENTROPY_FLOOR)
     s = torch.where(has, s, 1.0)
-    return EntropyStats(q=q, s=s, z_max=z_max, z_min=z_min), d
+    return EntropyStats(q=q, s=s, z_max=z_max, z_min=z_min), d, scratch
 
 
 def entropy_stats(entropy: Tensor, mask: Tensor, pivot: float = 0.8) -> EntropyStats:
@@ -368,7 +383,7 @@ def entropy_stats(entropy: Tensor, mask: Tensor, pivot: float = 0.8) -> EntropyS
     Computed in float32 (float64 for float64 entropy).
     """
     with torch.no_grad():
-        stats, _ = _stats_and_centred(entropy, mask, pivot, "entropy_stats")
+        stats, _, _ = _stats_and_centred(entropy, mask, pivot, "entropy_stats")
     return stats
 
 
@@ -377,19 +392,21 @@ def _check_mode(fn: str, mode: str) -> None:
         raise ValueError(f"{fn}: unknown mode {mode!r}; valid modes: {', '.join(NORMALIZE_MODES)}")
 
 
-def _h_from_centred_(d: Tensor, stats: EntropyStats, mode: str) -> Tensor:
+def _h_from_centred_(d: Tensor, stats: EntropyStats, mode: str, scratch: Tensor | None = None) -> Tensor:
     """In place: `d = x - Q` (any shape, a buffer of ours) -> h, clamped to [-1, 1] (spec 0 step 5).
 
     `h = z / z_max` for z > 0 and `z / |z_min|` (paper) or `z / z_min` (reference) for z <= 0, as
     `clamp(d / (s z_max), 0, 1) + clamp(d / (s |z_min|), -1, 0)` (reference: the second clamp to
     [0, 1]): exactly one term is non-zero, so this is the clamped h, without bool tensors.
+    `scratch`: an optional buffer like d for the second term (else one is allocated).
     """
     _, s, z_max, z_min = (t.to(device=d.device, dtype=d.dtype) for t in stats)
     inv_pos = 1.0 / (s * z_max)
+    low = torch.empty_like(d) if scratch is None else scratch.view(d.shape)
     if mode == "paper":
-        low = torch.mul(d, 1.0 / (s * z_min.abs())).clamp_(-1.0, 0.0)  # [..] h where z <= 0, else 0
+        torch.mul(d, 1.0 / (s * z_min.abs()), out=low).clamp_(-1.0, 0.0)  # [..] h where z <= 0, else 0
     else:
-        low = torch.mul(d, 1.0 / (s * z_min)).clamp_(0.0, 1.0)
+        torch.mul(d, 1.0 / (s * z_min), out=low).clamp_(0.0, 1.0)
     return d.mul_(inv_pos).clamp_(0.0, 1.0).add_(low)
 
 
@@ -435,5 +452,5 @@ def normalize_batch_entropy(
     fn = "normalize_batch_entropy"
     _check_mode(fn, mode)
     with torch.no_grad():
-        stats, d = _stats_and_centred(entropy, mask, pivot, fn)
-        return _h_from_centred_(d, stats, mode), stats  # d is 0 at masked positions, so h is too
+        stats, d, scratch = _stats_and_centred(entropy, mask, pivot, fn)
+        return _h_from_centred_(d, stats, mode, scratch), stats  # d is 0 at masked positions, so h is too
