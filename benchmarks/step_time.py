@@ -21,7 +21,9 @@ epsilon_high 0.28, scale_rewards="group", bf16 and gradient checkpointing off (T
 on), fp32, adamw_torch, constant lr, no logging/saving/eval. One step here is (P/M)*E TRL optimizer
 steps; their times are summed (the first one generates). With more than one update per step both
 trainers run the no-grad old-log-prob forward; with exactly one, TRL skips it (it reuses the
-detached current log-probs) while hapo still runs it (it also yields the token entropies).
+detached current log-probs). hapo skips it for the first mini-batch of every step
+(`trainer.onpolicy_shortcut`), except in HAPO with batch-scope C/D, which needs every token's
+entropy before the first update.
 
 Timing: hapo's per-step `time/step_s` from metrics.jsonl (generation, reward, scoring, advantages,
 updates, the step's metrics and its rollout sample file); TRL: a TrainerCallback from

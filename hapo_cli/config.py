@@ -137,6 +137,7 @@ class TrainerConfig:
     mini_batch_size: int = 16  # prompts per optimizer update (train_batch/mini_batch updates per step)
     micro_batch_size: int = 128  # responses per forward/backward (gradient accumulation inside a mini-batch)
     ppo_epochs: int = 1  # passes over the rollout batch
+    onpolicy_shortcut: bool = True  # skip the old-policy pass for the first mini-batch when nothing needs it before the update (see README)
     lr: float = 5e-4  # AdamW learning rate
     warmup_steps: int = 5  # linear warmup (optimizer updates)
     lr_schedule: str = "constant"  # constant or cosine after warmup

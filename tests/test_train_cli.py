@@ -66,6 +66,9 @@ def test_every_preset_and_single_component_trains(cli, tiny_model_dir, tmp_path,
             assert key in r, key
         assert r["actor/skipped_updates"] == 0.0
         assert r["actor/updates"] == 2.0  # train_batch 4 / mini_batch 2
+        # 16 rows; the first mini-batch (2 prompts x 4) skips the old-policy pass unless batch-scope
+        # h (C or D) needs every entropy before the first update
+        assert r["step/old_pass_rows"] == (16.0 if variant in ("hapo", "dapo+C", "dapo+D") else 8.0)
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert "packages" in meta and "torch" in meta["packages"]
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step_000003"
@@ -86,6 +89,27 @@ def test_every_preset_and_single_component_trains(cli, tiny_model_dir, tmp_path,
         assert all(abs(temps[k] - 1.0) > 1e-6 for k in (2, 3))
     else:
         assert temps[2] == temps[3] == 1.0
+
+
+@pytest.mark.parametrize("variant", ["dapo+A", "hapo_reference"])
+def test_onpolicy_shortcut_changes_nothing_but_the_work(cli, tiny_model_dir, tmp_path, variant):
+    """The first mini-batch's old log-probs / entropies taken from its own forward pass (the policy
+    has not moved yet) give exactly the metrics of scoring every row first: ATS statistics (dapo+A,
+    from entropies filled in during the update) and microbatch-scope C/D (hapo_reference) included."""
+    on = train_ok(cli, tmp_path / "on", *VARIANTS[variant], "trainer.total_steps=3")
+    off = train_ok(cli, tmp_path / "off", *VARIANTS[variant], "trainer.total_steps=3",
+                   "trainer.onpolicy_shortcut=false")
+    assert [r["step"] for r in on] == [r["step"] for r in off] == [0, 1, 2, 3]
+    compared = 0
+    for a, b in zip(on, off):
+        keys = {k for k in a if not k.startswith("time/") and "seconds" not in k and k != "step/old_pass_rows"}
+        assert keys == {k for k in b if not k.startswith("time/") and "seconds" not in k and k != "step/old_pass_rows"}
+        for k in keys:
+            assert a[k] == b[k], (a["step"], k, a[k], b[k])
+            compared += 1
+    assert compared > 100
+    assert [r.get("step/old_pass_rows") for r in on[1:]] == [8.0] * 3
+    assert [r.get("step/old_pass_rows") for r in off[1:]] == [16.0] * 3
 
 
 def test_resume_equals_uninterrupted(cli, tiny_model_dir, tmp_path):

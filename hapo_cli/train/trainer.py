@@ -126,6 +126,9 @@ class StepBatch:
         self.acc = acc.to(device)
         self.answers = answers
         self.old_logp = self.entropy = self.ref_logp = self.adv = self.h = None
+        self.stats: algo.EntropyStats | None = None
+        # rows [0, fresh_rows) have no old-policy pass: the first update fills old_logp / entropy there
+        self.fresh_rows = 0
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -401,16 +404,40 @@ class Trainer:
 
     # ------------------------------------------------------------ scoring and advantages
 
-    def _micro_slices(self, n: int, size: int) -> list[slice]:
-        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+    def _micro_slices(self, n: int, size: int, start: int = 0) -> list[slice]:
+        return [slice(i, min(n, i + size)) for i in range(start, n, size)]
+
+    def onpolicy_rows(self) -> int:
+        """Leading rows of this rank's batch whose old-policy pass can be skipped (0: none).
+
+        The first mini-batch of the first epoch is trained before any optimizer step, so its
+        "old" log-probs and entropies are exactly the ones its own forward pass computes (TRL
+        makes the same shortcut when it does one update per step). It applies when nothing needs
+        them before that update: no batch-scope h (C or D with stats_scope batch), no KL
+        reference, and one PPO epoch (the first mini-batch is then the leading rows).
+        """
+        t, a = self.cfg.trainer, self.cfg.algorithm
+        needs_h = (self.components["C"] or self.components["D"]) and a.stats_scope == "batch"
+        if not t.onpolicy_shortcut or needs_h or self.ref_scorer is not None or t.ppo_epochs != 1:
+            return 0
+        return (t.mini_batch_size // self.dist.world) * t.group_size
 
     @torch.no_grad()
-    def score_old(self, b: StepBatch) -> None:
-        """Old-policy log-probs and entropies (and reference log-probs for KL), micro-batched."""
+    def score_old(self, b: StepBatch, skip: int = 0) -> None:
+        """Old-policy log-probs and entropies (and reference log-probs for KL), micro-batched.
+
+        Rows `[0, skip)` are left at 0 (see `onpolicy_rows`): the first update fills them in.
+        """
         scorer = self.accelerator.unwrap_model(self.scorer)
         T = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
         lps, ents, refs = [], [], []
-        for sl in self._micro_slices(len(b), self.cfg.trainer.micro_batch_size):
+        skip = min(skip, len(b))
+        if skip:
+            L = b.response_ids.shape[1]
+            lps.append(torch.zeros(skip, L, device=b.mask.device))
+            ents.append(torch.zeros(skip, L, device=b.mask.device))
+        b.fresh_rows = skip
+        for sl in self._micro_slices(len(b), self.cfg.trainer.micro_batch_size, start=skip):
             with self.accelerator.autocast():
                 lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=T)
             lps.append(lp)
@@ -422,6 +449,15 @@ class Trainer:
         b.entropy = torch.cat(ents) * b.mask
         if refs:
             b.ref_logp = torch.cat(refs) * b.mask
+
+    def batch_h(self, b: StepBatch) -> None:
+        """`b.h` and `b.stats`: hapo-spec 0 over every valid token of the step (all ranks)."""
+        a = self.cfg.algorithm
+        if self.dist.world == 1:
+            b.h, b.stats = algo.normalize_batch_entropy(b.entropy, b.mask, pivot=a.entropy_pivot, mode=a.entropy_mode)
+        else:
+            b.stats = self.global_entropy_stats(b.entropy, b.mask)
+            b.h = algo.normalize_entropy(b.entropy, b.stats, b.mask, mode=a.entropy_mode)
 
     def global_entropy_stats(self, entropy: torch.Tensor, mask: torch.Tensor) -> algo.EntropyStats:
         """EntropyStats over every valid token of every rank (hapo-spec 0)."""
@@ -451,6 +487,21 @@ class Trainer:
             v = torch.as_tensor(v, device=self.device).detach().double()
             acc_m[k] = acc_m[k] + v if k in acc_m else v
 
+        def h_split(mask, h, adv, left, right) -> None:  # clip fractions and |A| by the sign of h
+            valid = mask.bool()
+            hp, hn = valid & (h > 0), valid & (h <= 0)
+            add("tok_hpos", hp.sum())
+            add("tok_hneg", hn.sum())
+            add("clip_left", (left & valid).sum())
+            add("clip_right", (right & valid).sum())
+            add("clip_left_hpos", (left & hp).sum())
+            add("clip_left_hneg", (left & hn).sum())
+            add("clip_right_hpos", (right & hp).sum())
+            add("clip_right_hneg", (right & hn).sum())
+            add("absadv_hpos", (adv.abs() * hp).sum())
+            add("absadv_hneg", (adv.abs() * hn).sum())
+
+        deferred: list[tuple] = []
         n_updates = skipped = 0
         grad_norms = []
         self.scorer.train()
@@ -472,11 +523,19 @@ class Trainer:
                     with ctx:
                         with self.accelerator.autocast():
                             logp, ent = self.scorer(b.input_ids[r], b.attention_mask[r], b.response_ids[r], temperature=T)
-                        old = b.old_logp[r]
+                        fresh = epoch == 0 and mb_start == 0 and b.fresh_rows > 0  # see onpolicy_rows
+                        if fresh:  # the policy has not moved yet: these are the old log-probs
+                            old = logp.detach()
+                            b.old_logp[r] = old * mask
+                            b.entropy[r] = ent.detach().float() * mask
+                        else:
+                            old = b.old_logp[r]
                         adv = b.adv[r]
                         if a.stats_scope == "microbatch" and use_h:
                             h, _ = algo.normalize_batch_entropy(ent.detach(), mask, pivot=a.entropy_pivot,
                                                                 mode=a.entropy_mode)
+                        elif fresh:  # b.h needs every row's entropy: C and D are off, h only splits diagnostics
+                            h = torch.zeros_like(mask)
                         else:
                             h = b.h[r]
                         # C and D fused into the clipped loss (alpha/beta None switch them off)
@@ -503,28 +562,26 @@ class Trainer:
                         finite = finite & torch.isfinite(total.detach())
                         self.accelerator.backward(total)
                     # diagnostics (token sums; normalised below)
-                    valid = mask.bool()
-                    hp, hn = valid & (h > 0), valid & (h <= 0)
                     left, right = m["token_clipped_left"], m["token_clipped_right"]
+                    if fresh and not (a.stats_scope == "microbatch" and use_h):
+                        deferred.append((r, mask, adv, left, right))  # split by h once b.h exists
+                    else:
+                        h_split(mask, h, adv, left, right)
                     add("tok", n_tok)
-                    add("tok_hpos", hp.sum())
-                    add("tok_hneg", hn.sum())
-                    add("clip_left", (left & valid).sum())
-                    add("clip_right", (right & valid).sum())
-                    add("clip_left_hpos", (left & hp).sum())
-                    add("clip_left_hneg", (left & hn).sum())
-                    add("clip_right_hpos", (right & hp).sum())
-                    add("clip_right_hneg", (right & hn).sum())
                     add("clip_dual", m["clipfrac_dual"] * n_tok)
                     add("ratio_sum", m["ratio_mean"] * n_tok)
                     add("loss_sum", loss.detach() * weight)
-                    add("absadv_hpos", (adv.abs() * hp).sum())
-                    add("absadv_hneg", (adv.abs() * hn).sum())
                     add("adv_pos_sum", (adv.clamp(min=0) * mask).sum())
                     add("adv_neg_sum", (adv.clamp(max=0) * mask).sum())
                     rmax, rmin = m["ratio_max"].detach().double(), m["ratio_min"].detach().double()
                     acc_m["ratio_max"] = torch.maximum(acc_m["ratio_max"], rmax) if "ratio_max" in acc_m else rmax
                     acc_m["ratio_min"] = torch.minimum(acc_m["ratio_min"], rmin) if "ratio_min" in acc_m else rmin
+                if epoch == 0 and mb_start == 0 and b.fresh_rows:
+                    # the first mini-batch filled in the last entropies: h, statistics, deferred splits
+                    self.batch_h(b)
+                    for r, mask, adv, left, right in deferred:
+                        h_split(mask, b.h[r], adv, left, right)
+                    deferred.clear()
                 gn = self._clip_and_check()
                 if not bool(finite) or not math.isfinite(gn):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -612,17 +669,14 @@ class Trainer:
             m["time/gen_s"] = t_gen
             m["time/step_s"] = time.perf_counter() - t0
             return m
-        self.score_old(batch)
-        a = self.cfg.algorithm
-        if self.dist.world == 1:
-            batch.h, stats = algo.normalize_batch_entropy(batch.entropy, batch.mask, pivot=a.entropy_pivot,
-                                                          mode=a.entropy_mode)
-        else:
-            stats = self.global_entropy_stats(batch.entropy, batch.mask)
-            batch.h = algo.normalize_entropy(batch.entropy, stats, batch.mask, mode=a.entropy_mode)
+        self.score_old(batch, skip=self.onpolicy_rows())
+        if not batch.fresh_rows:  # else the update computes them once the first mini-batch is scored
+            self.batch_h(batch)
         batch.adv = self.advantages(batch)
         t_score = time.perf_counter() - t0 - t_gen
         um = self.update(batch)
+        stats = batch.stats
+        m["step/old_pass_rows"] = float(len(batch) - batch.fresh_rows)  # rows the old-policy pass scored (this rank)
         valid = batch.mask.bool()
         tok = max(1.0, float(batch.mask.sum()))
         m.update(um)
