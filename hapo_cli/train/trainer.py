@@ -516,6 +516,8 @@ class Trainer:
                 denom_seq = self.dist.sum(torch.tensor(float(len(rows)), device=self.device))
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
                 micro = self._micro_slices(len(rows), t.micro_batch_size)
+                fresh = epoch == 0 and mb_start == 0 and b.fresh_rows > 0  # no old-policy pass yet: see onpolicy_rows
+                micro_h = a.stats_scope == "microbatch" and use_h  # h from each micro-batch's current entropy
                 for k, sl in enumerate(micro):
                     r = rows[sl]
                     mask = b.mask[r]
@@ -523,7 +525,6 @@ class Trainer:
                     with ctx:
                         with self.accelerator.autocast():
                             logp, ent = self.scorer(b.input_ids[r], b.attention_mask[r], b.response_ids[r], temperature=T)
-                        fresh = epoch == 0 and mb_start == 0 and b.fresh_rows > 0  # see onpolicy_rows
                         if fresh:  # the policy has not moved yet: these are the old log-probs
                             old = logp.detach()
                             b.old_logp[r] = old * mask
@@ -531,7 +532,7 @@ class Trainer:
                         else:
                             old = b.old_logp[r]
                         adv = b.adv[r]
-                        if a.stats_scope == "microbatch" and use_h:
+                        if micro_h:
                             h, _ = algo.normalize_batch_entropy(ent.detach(), mask, pivot=a.entropy_pivot,
                                                                 mode=a.entropy_mode)
                         elif fresh:  # b.h needs every row's entropy: C and D are off, h only splits diagnostics
@@ -563,7 +564,7 @@ class Trainer:
                         self.accelerator.backward(total)
                     # diagnostics (token sums; normalised below)
                     left, right = m["token_clipped_left"], m["token_clipped_right"]
-                    if fresh and not (a.stats_scope == "microbatch" and use_h):
+                    if fresh and not micro_h:
                         deferred.append((r, mask, adv, left, right))  # split by h once b.h exists
                     else:
                         h_split(mask, h, adv, left, right)
@@ -576,8 +577,7 @@ class Trainer:
                     rmax, rmin = m["ratio_max"].detach().double(), m["ratio_min"].detach().double()
                     acc_m["ratio_max"] = torch.maximum(acc_m["ratio_max"], rmax) if "ratio_max" in acc_m else rmax
                     acc_m["ratio_min"] = torch.minimum(acc_m["ratio_min"], rmin) if "ratio_min" in acc_m else rmin
-                if epoch == 0 and mb_start == 0 and b.fresh_rows:
-                    # the first mini-batch filled in the last entropies: h, statistics, deferred splits
+                if fresh:  # the first mini-batch filled in the last entropies: h, statistics, deferred splits
                     self.batch_h(b)
                     for r, mask, adv, left, right in deferred:
                         h_split(mask, b.h[r], adv, left, right)
