@@ -23,17 +23,20 @@ median and minimum over the rounds are printed. On a shared machine use `--threa
 (process CPU time: robust to other processes). "faults" is the mean number of minor page faults
 per run: on CPU, glibc hands freed [B, L] temporaries back to the OS and the next run faults
 them in again, which costs about as much as the arithmetic on them (GPU caching allocators
-have no such cost); `MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000`
-in the environment turns that off for both paths alike.
+have no such cost); `--no-trim` (or `MALLOC_TRIM_THRESHOLD_=4000000000
+MALLOC_MMAP_THRESHOLD_=4000000000` in the environment) turns that off for both paths alike: the
+steadier figure, since the number of faults varies from run to run.
 
     python benchmarks/algo_overhead.py                           # 256 responses x 1024 tokens, CPU
     python benchmarks/algo_overhead.py --threads 1 --clock cpu   # on a shared / busy machine
+    python benchmarks/algo_overhead.py --threads 1 --clock cpu --no-trim   # arithmetic only, no page faults
     python benchmarks/algo_overhead.py --device cuda --repeats 200
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -56,6 +59,7 @@ from hapo_cli.algo import (  # noqa: E402
 )
 
 _LITTLE = sys.byteorder == "little"
+NO_TRIM_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
 
 try:
     import resource
@@ -212,7 +216,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time")
+    p.add_argument("--no-trim", action="store_true",
+                   help="keep freed memory in the process (glibc malloc settings; re-runs itself): no page faults")
     args = p.parse_args()
+    if args.no_trim and NO_TRIM_ENV.items() - os.environ.items():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **NO_TRIM_ENV})  # glibc reads them at start
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     times, faults = bench(args)
@@ -221,7 +229,8 @@ def main() -> None:
     print(
         f"B={args.batch} responses x L={args.length} tokens, {args.batch // args.group_size} groups of "
         f"{args.group_size}, device={args.device}, threads={torch.get_num_threads()}, "
-        f"{args.clock} clock, {args.repeats} interleaved runs, torch {torch.__version__}\n"
+        f"{args.clock} clock, {args.repeats} interleaved runs, torch {torch.__version__}"
+        f"{', malloc: no trim' if args.no_trim else ''}\n"
     )
     print(
         "| path | components (losses: forward + backward through logp) | median ms | ratio "
