@@ -39,9 +39,10 @@ app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_
 from hapo_cli.sweep.command import ablate_command  # noqa: E402
 
 app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(ablate_command)
-from hapo_cli.report.command import report_command  # noqa: E402
+from hapo_cli.report.command import analyze_command, report_command  # noqa: E402
 
 app.command("report")(report_command)
+app.command("analyze")(analyze_command)
 
 
 def main() -> None:

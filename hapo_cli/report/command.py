@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -55,3 +57,52 @@ def report_command(
     print(f"hapo report: {len(col.variants)} variants, {n_runs} runs -> {out_dir}", file=sys.stderr)
     for p in written:
         print(f"  {p}", file=sys.stderr)
+
+
+def analyze_command(
+    dirs: list[str] = typer.Argument(None, help="Run folders, sweep folders, or folders of them."),
+    steps: str = typer.Option(None, "--steps", help="Steps to analyse: 10:50, 10:, :50 or 25 (default: all)."),
+    top: int = typer.Option(15, "--top", help="How many forking tokens to list."),
+    min_count: int = typer.Option(5, "--min-count", help="Occurrences a token needs to be listed."),
+    out: str = typer.Option(None, "--out", "-o", help="JSON file to write (default: <first DIR>/analysis.json)."),
+) -> None:
+    """Token-level diagnostics from saved rollouts: entropy distribution, forking tokens,
+    length bias, ATS temperatures, early vs late (see hapo_cli/report/analyze.py)."""
+    from hapo_cli.errors import HapoError
+    from hapo_cli.fileio import atomic_write_text
+    from hapo_cli.report.analyze import analyze_run, parse_steps, to_markdown
+    from hapo_cli.report.collect import collect
+
+    if not dirs:
+        raise HapoError("give at least one run folder, sweep folder or folder of them, e.g. hapo analyze runs/hapo-x")
+    if top < 1 or min_count < 1:
+        raise HapoError(f"--top and --min-count must be >= 1 (got {top}, {min_count})")
+    first, last = parse_steps(steps)
+    col = collect(dirs)
+    results = []
+    for v in col.variants:
+        for r in v.runs:
+            a = analyze_run(r.run_dir, first, last, top=top, min_count=min_count)
+            if a is not None:
+                name = v.name if len(v.runs) == 1 else f"{v.name} / {r.id}"
+                results.append({"name": name, **a})
+                typer.echo(to_markdown(name, a))
+    if not results:
+        where = f" in steps {steps}" if steps else ""
+        raise HapoError(f"no saved rollouts{where} under {', '.join(dirs)}: runs save them with save_rollouts=true "
+                        "(the default) in <run>/rollouts/")
+    path = Path(out) if out else Path(dirs[0]) / "analysis.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(_nan_to_none(results), indent=1) + "\n")
+    print(f"hapo analyze: {len(results)} run(s) -> {path}", file=sys.stderr)
+
+
+def _nan_to_none(x):
+    """NaN (a statistic with nothing to average) as JSON null."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
