@@ -148,6 +148,11 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=t.mixed_precision)
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP and cfg.rollout.engine == "hf":
+            raise HapoError("FSDP shards the weights and rollout=hf generates with the training module itself: "
+                            "use rollout=vllm with FSDP, or DDP (accelerate launch --multi_gpu) for HF rollouts")
         self.dist = Dist(self.accelerator)
         self.device = self.accelerator.device
         if t.train_batch_size % self.dist.world or t.mini_batch_size % self.dist.world:
