@@ -3,7 +3,8 @@
 One step:
   prompts -> G responses each (rollout engine; ATS uses the previous step's EntropyStats)
   -> rewards (task verifier) + overlong shaping -> dynamic sampling (drop groups whose accuracies
-  are all equal, generate more, bounded) -> old log-probs and token entropy (chunked)
+  are all equal, generate more, bounded) -> old log-probs and token entropy (chunked; the first
+  mini-batch's come from its own update pass when nothing needs them sooner: `onpolicy_rows`)
   -> EntropyStats (global over ranks) -> advantages (GRPO or TLGA)
   -> mini-batch updates: h, AAC bounds, DAR, clipped loss; token-mean over the whole mini-batch
      whatever the micro-batch split and the number of ranks -> AdamW -> metrics.
