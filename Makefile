@@ -1,6 +1,7 @@
 # hapo: every target is a thin wrapper over the CLI. Variables pass through:
 #   make hapo OVERRIDES="trainer.total_steps=100"   make eval-all MODEL=runs/x/checkpoints/step_000060
 #   make ablate-paper SEEDS=3   make report SWEEP=runs/sweeps/paper   (with EXP=x the sweep is runs/sweeps/paper-x)
+#   make analyze SWEEP=runs/hapo-x STEPS=100:
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 TORCH ?= torch==2.13.0
@@ -9,10 +10,11 @@ EXP ?=
 SEEDS ?=
 OVERRIDES ?=
 SWEEP ?= runs/sweeps
+STEPS ?=
 BENCHES ?= aime24,aime25,amc23,math500,olympiadbench,minerva
 EXP_ARG = $(if $(EXP),experiment=$(EXP),)
 
-.PHONY: install install-dev test lint demo baseline hapo ablate-paper ablate-loo sweep-seeds eval-all report vllm-side-env bench
+.PHONY: install install-dev test lint demo baseline hapo ablate-paper ablate-loo sweep-seeds eval-all report analyze vllm-side-env bench
 
 install:            ## install hapo (pinned torch first: a CPU build here, CUDA on a GPU machine's index)
 	$(PIP) install "$(TORCH)" -e .
@@ -49,6 +51,9 @@ eval-all:           ## every benchmark (BENCHES) on MODEL: a checkpoint folder, 
 
 report:             ## plots and tables of SWEEP (a sweep, a run, or a folder of them) into SWEEP/report/
 	hapo report $(SWEEP)
+
+analyze:            ## token-level diagnostics of SWEEP's saved rollouts (entropy, forking tokens, length bias) into SWEEP/analysis.json
+	hapo analyze $(SWEEP) $(if $(STEPS),--steps $(STEPS),)
 
 vllm-side-env:      ## vLLM's interface modules (no deps) in .vllm-env, for the contract test
 	bash tests/install_vllm_side_env.sh

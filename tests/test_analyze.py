@@ -158,3 +158,17 @@ def test_real_training_run(cli, tiny_model_dir, tmp_path):
     assert 0.0 < a["high_entropy_share"] < 0.5  # the pivot is the 0.8 quantile of the whole batch
     assert a["forking_tokens"] and all(f["high"] >= 1 for f in a["forking_tokens"])
     assert a["length"]["correct_responses"] + a["length"]["wrong_responses"] == len(recs)
+
+
+def test_folder_of_runs(cli, tmp_path):
+    """A folder of runs: each run with rollouts is analysed; seeds of one variant are named by run."""
+    for name, seed in (("hapo-seed1", 1), ("hapo-seed2", 2)):
+        make_run(tmp_path / "runs" / name)
+        (tmp_path / "runs" / name / "config.yaml").write_text(f"seed: {seed}\n")
+    (tmp_path / "runs" / "empty").mkdir()
+    (tmp_path / "runs" / "empty" / "config.yaml").write_text("seed: 9\nother: 1\n")  # a run with no rollouts
+    res = cli("analyze", str(tmp_path / "runs"), "-o", str(tmp_path / "all.json"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert [d["name"] for d in data] == ["hapo / hapo-seed1", "hapo / hapo-seed2"]
+    assert all(d["tokens"] == 10 for d in data)

@@ -36,6 +36,8 @@ CASES = [
      [f"hapo eval --bench {BENCHES} --model runs/x/checkpoints/step_000060 n=4"]),
     ("report", [], ["hapo report runs/sweeps"]),
     ("report", ["SWEEP=runs/sweeps/paper"], ["hapo report runs/sweeps/paper"]),
+    ("analyze", ["SWEEP=runs/hapo-x"], ["hapo analyze runs/hapo-x"]),
+    ("analyze", ["SWEEP=runs/hapo-x", "STEPS=100:"], ["hapo analyze runs/hapo-x --steps 100:"]),
 ]
 
 
@@ -80,4 +82,4 @@ def test_the_commands_parse_with_the_real_cli_options():
             seen.add(argv[1])
             if argv[1] == "ablate":
                 assert ctx.params["spec"] or ctx.params["components"]
-    assert seen == {"train", "ablate", "eval", "report"}
+    assert seen == {"train", "ablate", "eval", "report", "analyze"}
