@@ -172,3 +172,15 @@ def test_folder_of_runs(cli, tmp_path):
     data = json.loads((tmp_path / "all.json").read_text())
     assert [d["name"] for d in data] == ["hapo / hapo-seed1", "hapo / hapo-seed2"]
     assert all(d["tokens"] == 10 for d in data)
+
+
+def test_max_files_spreads_evenly(tmp_path):
+    from hapo_cli.report.analyze import spread
+
+    assert spread(list(range(10)), None) == list(range(10))
+    assert spread(list(range(10)), 20) == list(range(10))
+    assert spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert spread(list(range(10)), 1) == [9]
+    run = make_run(tmp_path / "run")
+    a = analyze_run(run, max_files=1, min_count=1)
+    assert (a["steps"], a["step_files"], a["step_files_available"], a["tokens"]) == ([2, 2], 1, 2, 5)

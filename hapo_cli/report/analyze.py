@@ -17,8 +17,9 @@ entropy (nats), the normalised entropy h, the advantage and the sampling tempera
 - early vs late: the first and second half of the analysed steps side by side (HAPO keeps the
   token entropy higher than DAPO as training goes on).
 
-Only the saved sample of each step is read (the first 64 responses by default), so figures are
-estimates over that sample, not over every token trained on.
+Only the saved sample of each step is read (the first 64 responses by default), and at most
+`max_files` step files (evenly spaced; long runs of a real model save megabytes a step), so figures
+are estimates over that sample, not over every token trained on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -71,18 +73,61 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def _read(files: list[tuple[int, Path]]) -> list[tuple[int, dict[str, Any]]]:
-    recs = []
-    for step, path in files:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def spread(files: list, max_files: int | None) -> list:
+    """At most `max_files` of `files`, evenly spaced, first and last kept (None: all)."""
+    if max_files is None or len(files) <= max_files:
+        return list(files)
+    if max_files == 1:
+        return [files[-1]]
+    return [files[round(i * (len(files) - 1) / (max_files - 1))] for i in range(max_files)]
+
+
+def _records(path: Path):
+    """The responses of one rollout file, one dict each (a bad line: one clear error naming it)."""
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise HapoError(f"{path}:{n} is not valid JSON ({err.msg}); the file may be cut short") from None
-            recs.append((step, rec))
-    return recs
+
+
+class _Tokens:
+    """Running entropy statistics of a set of responses (entropies kept compactly for the quantiles)."""
+
+    def __init__(self) -> None:
+        self.entropy = array("d")
+        self.high = 0
+        self.marked = 0
+        self.responses = 0
+        self.correct = 0.0
+
+    def add(self, rec: dict[str, Any], high: list[bool]) -> None:
+        self.entropy.extend(rec.get("entropy", []))
+        self.high += sum(high)
+        self.marked += len(high)
+        self.responses += 1
+        self.correct += float(rec.get("acc", 0.0))
+
+    def summary(self) -> dict[str, Any]:
+        ent = sorted(self.entropy)
+        return {
+            "responses": self.responses,
+            "tokens": len(ent),
+            "accuracy": _ratio(self.correct, self.responses),
+            "entropy_mean": _mean(ent),
+            "entropy_p50": quantile(ent, 0.5) if ent else math.nan,
+            "entropy_p80": quantile(ent, 0.8) if ent else math.nan,
+            "entropy_p95": quantile(ent, 0.95) if ent else math.nan,
+            "entropy_max": ent[-1] if ent else math.nan,
+            "high_entropy_share": _ratio(self.high, self.marked),
+        }
 
 
 def _pivots(run_dir: Path) -> dict[int, float]:
@@ -101,86 +146,73 @@ def _pivots(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def _mark_high(step: int, rec: dict[str, Any], pivots: dict[int, float]) -> list[bool]:
-    """Per token of a response: high-entropy (above its step's pivot; h > 0 without one)."""
-    q = pivots.get(step)
+def _mark_high(rec: dict[str, Any], q: float | None) -> list[bool]:
+    """Per token of a response: high-entropy (above its step's pivot q; h > 0 without one)."""
     if q is None:
         return [h > 0 for h in rec.get("h", [])]
     return [math.log(max(e, 1e-8)) > q for e in rec.get("entropy", [])]
 
 
-def _token_summary(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Entropy statistics of the tokens of `recs` (responses, each with its "_high" marks)."""
-    ent = sorted(x for r in recs for x in r.get("entropy", []))
-    hs = [x for r in recs for x in r["_high"]]
-    acc = [float(r.get("acc", 0.0)) for r in recs]
-    return {
-        "responses": len(recs),
-        "tokens": len(ent),
-        "accuracy": _mean(acc),
-        "entropy_mean": _mean(ent),
-        "entropy_p50": quantile(ent, 0.5) if ent else math.nan,
-        "entropy_p80": quantile(ent, 0.8) if ent else math.nan,
-        "entropy_p95": quantile(ent, 0.95) if ent else math.nan,
-        "entropy_max": ent[-1] if ent else math.nan,
-        "high_entropy_share": sum(hs) / len(hs) if hs else math.nan,
-    }
-
-
 def analyze_run(run_dir: Path, first: int | None = None, last: int | None = None, top: int = 15,
-                min_count: int = 5) -> dict[str, Any] | None:
+                min_count: int = 5, max_files: int | None = None) -> dict[str, Any] | None:
     """The diagnostics of one run's saved rollouts in [first, last] (None if it saved none there).
 
-    `top`: how many forking tokens to list; `min_count`: occurrences a token needs to be listed.
+    `top`: how many forking tokens to list; `min_count`: occurrences a token needs to be listed;
+    `max_files`: read at most this many step files, evenly spaced (None: all). Files are read one
+    response at a time; only the entropies are kept (for the quantiles).
     """
-    files = step_files(run_dir, first, last)
+    available = step_files(run_dir, first, last)
+    files = spread(available, max_files)
     if not files:
         return None
-    stepped = _read(files)
     pivots = _pivots(run_dir)
-    for step, r in stepped:
-        r["_high"] = _mark_high(step, r, pivots)
-    recs = [r for _, r in stepped]
-    out: dict[str, Any] = {"run": str(run_dir), "steps": [files[0][0], files[-1][0]], "step_files": len(files)}
-    out.update(_token_summary(recs))
-
-    # length bias: response lengths by correctness, token-weighted advantage mass
-    right = [len(r.get("tokens", [])) for r in recs if float(r.get("acc", 0.0)) > 0]
-    wrong = [len(r.get("tokens", [])) for r in recs if float(r.get("acc", 0.0)) <= 0]
-    adv = [a for r in recs for a in r.get("adv", [])]
-    out["length"] = {"correct_mean": _mean(right), "wrong_mean": _mean(wrong),
-                     "correct_responses": len(right), "wrong_responses": len(wrong)}
-    out["advantage_mass"] = {"positive": sum(a for a in adv if a > 0), "negative": sum(a for a in adv if a < 0)}
-
-    # ATS: sampling temperature of high-entropy tokens vs the others (same token positions)
-    t_hi, t_lo = [], []
-    for r in recs:
-        for t, hi in zip(r.get("temperature", []), r["_high"]):
-            (t_hi if hi else t_lo).append(t)
-    out["temperature"] = {"high_mean": _mean(t_hi), "other_mean": _mean(t_lo), "mean": _mean(t_hi + t_lo)}
-
-    # forking tokens: how often each token is high-entropy
+    half = (len(files) + 1) // 2  # files of the first half
+    overall, phases = _Tokens(), [_Tokens(), _Tokens()]
+    lengths = {True: [0, 0], False: [0, 0]}  # correct? -> [responses, tokens]
+    adv_pos = adv_neg = 0.0
+    temp = {True: [0.0, 0], False: [0.0, 0]}  # high-entropy? -> [sum, count]
     count: dict[str, int] = defaultdict(int)
     high: dict[str, int] = defaultdict(int)
     ent_sum: dict[str, float] = defaultdict(float)
-    for r in recs:
-        for tok, e, hi in zip(r.get("tokens", []), r.get("entropy", []), r["_high"]):
-            count[tok] += 1
-            ent_sum[tok] += e
-            high[tok] += hi
+    for i, (step, path) in enumerate(files):
+        for rec in _records(path):
+            marks = _mark_high(rec, pivots.get(step))
+            overall.add(rec, marks)
+            phases[0 if i < half else 1].add(rec, marks)
+            ln = lengths[float(rec.get("acc", 0.0)) > 0]
+            ln[0] += 1
+            ln[1] += len(rec.get("tokens", []))
+            for a in rec.get("adv", []):
+                if a > 0:
+                    adv_pos += a
+                elif a < 0:
+                    adv_neg += a
+            for t, hi in zip(rec.get("temperature", []), marks):  # ATS: same token positions
+                temp[hi][0] += t
+                temp[hi][1] += 1
+            for tok, e, hi in zip(rec.get("tokens", []), rec.get("entropy", []), marks):  # forking tokens
+                count[tok] += 1
+                ent_sum[tok] += e
+                high[tok] += hi
+    out: dict[str, Any] = {"run": str(run_dir), "steps": [files[0][0], files[-1][0]], "step_files": len(files),
+                           "step_files_available": len(available)}
+    out.update(overall.summary())
+    out["length"] = {"correct_mean": _ratio(lengths[True][1], lengths[True][0]),
+                     "wrong_mean": _ratio(lengths[False][1], lengths[False][0]),
+                     "correct_responses": lengths[True][0], "wrong_responses": lengths[False][0]}
+    out["advantage_mass"] = {"positive": adv_pos, "negative": adv_neg}
+    out["temperature"] = {"high_mean": _ratio(*temp[True]), "other_mean": _ratio(*temp[False]),
+                          "mean": _ratio(temp[True][0] + temp[False][0], temp[True][1] + temp[False][1])}
     ranked = sorted((t for t in count if count[t] >= min_count and high[t] > 0),
                     key=lambda t: (-high[t], -ent_sum[t] / count[t], t))
     out["forking_tokens"] = [
         {"token": t, "count": count[t], "high": high[t], "high_share": high[t] / count[t],
          "entropy_mean": ent_sum[t] / count[t]} for t in ranked[:top]
     ]
-
-    # early vs late: the analysed step files split in two halves (by file count)
+    # early vs late: the analysed step files in two halves
     if len(files) >= 2:
-        cut = files[(len(files) + 1) // 2 - 1][0]  # last step of the first half
-        halves = [[r for s, r in stepped if s <= cut], [r for s, r in stepped if s > cut]]
-        bounds = [[files[0][0], cut], [files[(len(files) + 1) // 2][0], files[-1][0]]]
-        out["phases"] = [{"steps": b, **_token_summary(h)} for b, h in zip(bounds, halves)]
+        bounds = [[files[0][0], files[half - 1][0]], [files[half][0], files[-1][0]]]
+        out["phases"] = [{"steps": b, **p.summary()} for b, p in zip(bounds, phases)]
     else:
         out["phases"] = []
     return out
@@ -188,6 +220,11 @@ def analyze_run(run_dir: Path, first: int | None = None, last: int | None = None
 
 def _f(x: float, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _files(a: dict[str, Any]) -> str:
+    n, total = a["step_files"], a.get("step_files_available", a["step_files"])
+    return f"{n} rollout files" if n == total else f"{n} of {total} rollout files, evenly spaced"
 
 
 def _token_label(tok: str) -> str:
@@ -199,7 +236,7 @@ def to_markdown(name: str, a: dict[str, Any]) -> str:
     lines = [
         f"## {name}",
         "",
-        f"Steps {a['steps'][0]}-{a['steps'][1]} ({a['step_files']} rollout files): {a['responses']} responses, "
+        f"Steps {a['steps'][0]}-{a['steps'][1]} ({_files(a)}): {a['responses']} responses, "
         f"{a['tokens']} tokens, accuracy {_f(a['accuracy'])}.",
         "",
         "| token entropy (nats) | mean | p50 | p80 | p95 | max | high-entropy share (above the pivot) |",

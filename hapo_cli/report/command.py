@@ -64,6 +64,7 @@ def analyze_command(
     steps: str = typer.Option(None, "--steps", help="Steps to analyse: 10:50, 10:, :50 or 25 (default: all)."),
     top: int = typer.Option(15, "--top", help="How many forking tokens to list."),
     min_count: int = typer.Option(5, "--min-count", help="Occurrences a token needs to be listed."),
+    max_files: int = typer.Option(100, "--max-files", help="Step files read per run at most, evenly spaced (0: all)."),
     out: str = typer.Option(None, "--out", "-o", help="JSON file to write (default: <first DIR>/analysis.json)."),
 ) -> None:
     """Token-level diagnostics from saved rollouts: entropy distribution, forking tokens,
@@ -77,12 +78,14 @@ def analyze_command(
         raise HapoError("give at least one run folder, sweep folder or folder of them, e.g. hapo analyze runs/hapo-x")
     if top < 1 or min_count < 1:
         raise HapoError(f"--top and --min-count must be >= 1 (got {top}, {min_count})")
+    if max_files < 0:
+        raise HapoError(f"--max-files must be >= 0 (0: all; got {max_files})")
     first, last = parse_steps(steps)
     col = collect(dirs)
     results = []
     for v in col.variants:
         for r in v.runs:
-            a = analyze_run(r.run_dir, first, last, top=top, min_count=min_count)
+            a = analyze_run(r.run_dir, first, last, top=top, min_count=min_count, max_files=max_files or None)
             if a is not None:
                 name = v.name if len(v.runs) == 1 else f"{v.name} / {r.id}"
                 results.append({"name": name, **a})
