@@ -67,8 +67,10 @@ def analyze_command(
     max_files: int = typer.Option(100, "--max-files", help="Step files read per run at most, evenly spaced (0: all)."),
     out: str = typer.Option(None, "--out", "-o", help="JSON file to write (default: <first DIR>/analysis.json)."),
 ) -> None:
-    """Token-level diagnostics from saved rollouts: entropy distribution, forking tokens,
-    length bias, ATS temperatures, early vs late (see hapo_cli/report/analyze.py)."""
+    """Token-level diagnostics from saved rollouts: entropy distribution, forking tokens, length bias, ATS temperatures.
+
+    Per run: the token entropy distribution and the share above each step's pivot (overall, and for the first and second half of the steps), the tokens that most often carry high entropy, response length of correct vs wrong answers with the advantage mass, and the sampling temperature of high-entropy tokens vs the others. Printed as Markdown and written as JSON.
+    """
     from hapo_cli.errors import HapoError
     from hapo_cli.fileio import atomic_write_text
     from hapo_cli.report.analyze import analyze_run, parse_steps, to_markdown

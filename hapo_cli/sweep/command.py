@@ -25,10 +25,9 @@ from hapo_cli.errors import HapoError
 from hapo_cli.sweep import plan as pl
 from hapo_cli.sweep import state as st
 
-_HELP = """Run an ablation sweep: DAPO plus subsets of HAPO's components (A ATS, B TLGA, C DAR, D AAC), each
-variant x seed a normal `hapo train` run with `algorithm=dapo` and the component switches, so every
-variant shares the same base hyperparameters. Extra arguments are Hydra overrides for every run
-(e.g. experiment=hapo_qwen2.5_math_7b trainer.total_steps=100).
+_HELP = """Run an ablation sweep: DAPO plus subsets of HAPO's components (A ATS, B TLGA, C DAR, D AAC).
+
+Each variant x seed is a normal `hapo train` run with `algorithm=dapo` and the component switches, so every variant shares the same base hyperparameters. Extra arguments are Hydra overrides for every run (e.g. experiment=hapo_qwen2.5_math_7b trainer.total_steps=100).
 
 \b
 Modes over --components (default grid):
