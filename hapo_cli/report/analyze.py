@@ -86,7 +86,7 @@ def spread(files: list, max_files: int | None) -> list:
     return [files[round(i * (len(files) - 1) / (max_files - 1))] for i in range(max_files)]
 
 
-def _records(path: Path):
+def read_rollouts(path: Path):
     """The responses of one rollout file, one dict each (a bad line: one clear error naming it)."""
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -175,7 +175,7 @@ def analyze_run(run_dir: Path, first: int | None = None, last: int | None = None
     high: dict[str, int] = defaultdict(int)
     ent_sum: dict[str, float] = defaultdict(float)
     for i, (step, path) in enumerate(files):
-        for rec in _records(path):
+        for rec in read_rollouts(path):
             marks = _mark_high(rec, pivots.get(step))
             overall.add(rec, marks)
             phases[0 if i < half else 1].add(rec, marks)

@@ -7,7 +7,6 @@ when no run holds the data it needs).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from hapo_cli.report.analyze import read_rollouts, spread  # noqa: E402
 from hapo_cli.report.collect import Collection, VariantData  # noqa: E402
 from hapo_cli.report.table import primary_key  # noqa: E402
 
@@ -218,14 +218,8 @@ def _rollout_entropies(v: VariantData, max_files: int = 40) -> tuple[list[float]
     step files a run, evenly spaced)."""
     right, wrong = [], []
     for r in v.runs:
-        files = r.rollout_files()
-        if len(files) > max_files:
-            files = [files[round(i * (len(files) - 1) / (max_files - 1))] for i in range(max_files)]
-        for f in files:
-            for line in f.read_text().splitlines():
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
+        for f in spread(r.rollout_files(), max_files):
+            for rec in read_rollouts(f):
                 (right if rec.get("acc", 0) > 0 else wrong).extend(rec.get("entropy", []))
     return right, wrong
 
