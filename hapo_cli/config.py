@@ -25,16 +25,12 @@ COMPONENT_TITLES = {
 
 @dataclass
 class ComponentsConfig:
-    """HAPO's four components, each an independent switch (letter or name; the name wins if set)."""
+    """HAPO's four components, each an independent switch (overrides also take the names ats, tlga, dar, aac)."""
 
     A: bool = False  # Adaptive Temperature Sampling: per-token rollout temperature from entropy
     B: bool = False  # Token-Level Group Average: advantages normalised over all tokens of a group
     C: bool = False  # Differential Advantage Redistribution: advantages scaled by entropy and ratio
     D: bool = False  # Asymmetric Adaptive Clipping: entropy-dependent left/right clip bounds
-    ats: Optional[bool] = None  # alias of A (overrides A when set)
-    tlga: Optional[bool] = None  # alias of B (overrides B when set)
-    dar: Optional[bool] = None  # alias of C (overrides C when set)
-    aac: Optional[bool] = None  # alias of D (overrides D when set)
 
 
 @dataclass
@@ -52,6 +48,7 @@ class AlgorithmConfig:
 
     name: str = "hapo"  # label of the preset (grpo, dapo, hapo, hapo_reference) for logs and tables
     components: ComponentsConfig = field(default_factory=ComponentsConfig)  # HAPO components A-D
+    advantage: Optional[str] = None  # advantage estimator by name (algo ADVANTAGE_ESTIMATORS); null: tlga with B, else grpo
     norm_by_std: bool = True  # GRPO advantage divides by the group std (false: Dr.GRPO)
     entropy_mode: str = "paper"  # h normalisation: paper (signed, [-1,1]) or reference (released code, V shape)
     entropy_pivot: float = 0.8  # rho: quantile of log-entropy that splits low from high entropy
@@ -72,13 +69,23 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0  # entropy bonus coefficient (0: off)
 
     def enabled(self) -> dict[str, bool]:
-        """Resolved component switches {A: bool, ...} (aliases applied)."""
-        c = self.components
-        out = {}
-        for letter, name in COMPONENT_NAMES.items():
-            alias = getattr(c, name)
-            out[letter] = bool(alias) if alias is not None else bool(getattr(c, letter))
-        return out
+        """Component switches {A: bool, ...}."""
+        return {letter: bool(getattr(self.components, letter)) for letter in COMPONENT_NAMES}
+
+    def letters(self) -> str:
+        """Enabled components as letters, e.g. "ABCD" ("" for none)."""
+        return "".join(k for k, v in self.enabled().items() if v)
+
+    def objective(self):
+        """The `hapo_cli.algo.Objective` these settings select (the one switch-to-maths map)."""
+        from hapo_cli.algo import build_objective
+
+        return build_objective(
+            self.letters(), advantage=self.advantage, norm_by_std=self.norm_by_std,
+            tlga_fallback_threshold=self.tlga_fallback_threshold, entropy_mode=self.entropy_mode,
+            entropy_pivot=self.entropy_pivot, stats_scope=self.stats_scope, temperature_tau=self.temperature_tau,
+            adv_beta=self.adv_beta, clip_alpha=self.clip_alpha, clip_ratio_low=self.clip_ratio_low,
+            clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.clip_ratio_c, loss_agg=self.loss_agg)
 
 
 @dataclass
@@ -98,12 +105,13 @@ class ModelConfig:
 class DataConfig:
     """Training prompts and the held-out validation set."""
 
-    name: str = "synthetic"  # synthetic, dapo_math (DAPO-Math-17k) or a local parquet/jsonl/json path
-    path: Optional[str] = None  # local file or Hub id overriding the preset's source
+    name: str = "synthetic"  # label of the data preset (synthetic, dapo_math, local) for run names and tables
+    task: str = "synthetic"  # the Task (hapo_cli.tasks.TASKS): synthetic (exact integer) or math (Answer: line + math-verify)
+    path: Optional[str] = None  # local file or Hub id of the training rows (synthetic: null = built in)
     question_key: str = "question"  # column with the question (string) or a chat list
     answer_key: str = "answer"  # column with the gold answer (dotted path allowed: reward_model.ground_truth)
     prompt_template: str = "{question}"  # how a question becomes a prompt (before the chat template)
-    reward: str = "synthetic"  # verifier: synthetic (exact integer) or dapo (Answer: line + math-verify)
+    accept_boxed: bool = False  # math: also grade a \\boxed{} answer when no "Answer:" line is found (DAPO's rule: off)
     max_train_rows: Optional[int] = None  # cap on training rows (null: all)
     val_path: Optional[str] = None  # held-out file (synthetic: built in); null disables validation for files
     val_size: int = 256  # validation questions
@@ -170,7 +178,7 @@ class LoggerConfig:
 
     name: str = "wandb"  # wandb or none
     wandb: WandbConfig = field(default_factory=WandbConfig)  # W&B settings
-    console_every: int = 1  # print a progress line every N steps
+    console_every: int = 0  # also print a one-line step summary every N steps (0: only at validations)
 
 
 @dataclass
@@ -228,6 +236,7 @@ def _check_overrides(overrides: list[str]) -> list[str]:
     """Each override is key=value with a key of the schema (or a group): else one line naming valid keys."""
     from dataclasses import fields, is_dataclass
 
+    overrides = _component_aliases(overrides)
     for o in overrides:
         if "=" not in o and not o.startswith("~"):
             raise HapoError(f"override {o!r} is not key=value (e.g. algorithm=dapo or trainer.lr=1e-5)")
@@ -248,6 +257,29 @@ def _check_overrides(overrides: list[str]) -> list[str]:
                 raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}")
             node = getattr(node, part)
     return overrides
+
+
+_ALIAS_LETTER = {name: letter for letter, name in COMPONENT_NAMES.items()}
+
+
+def _component_aliases(overrides: list[str]) -> list[str]:
+    """`algorithm.components.tlga=X` -> `algorithm.components.B=X`; a letter and its name set to
+    different values is refused (one line), not resolved silently."""
+    prefix = "algorithm.components."
+    out, given = [], {}
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        bare = key.lstrip("+~")
+        if eq and bare.startswith(prefix):
+            part = bare[len(prefix):]
+            letter = _ALIAS_LETTER.get(part, part)
+            if letter in given and given[letter][1].strip().lower() != value.strip().lower():
+                raise HapoError(f"conflicting switches: {given[letter][0]} and {o} set component {letter} "
+                                f"({COMPONENT_TITLES.get(letter, letter)}) differently; keep one")
+            given[letter] = (o, value)
+            o = f"{key[: len(key) - len(bare)]}{prefix}{letter}={value}"
+        out.append(o)
+    return out
 
 
 def _register_schema() -> None:
@@ -314,7 +346,6 @@ _CHOICES = {
     "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
     "rollout.engine": ("hf", "vllm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.reward": ("synthetic", "dapo"),
     "trainer.lr_schedule": ("constant", "cosine"),
     "trainer.mixed_precision": ("no", "bf16", "fp16"),
     "logger.name": ("wandb", "none"),
@@ -354,3 +385,46 @@ def describe_components(cfg: Config) -> str:
     on = cfg.algorithm.enabled()
     letters = "".join(k for k, v in on.items() if v)
     return letters or "none"
+
+
+def field_docs(schema: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, one-line doc) of every field of a dataclass schema (default: Config).
+
+    The doc is the field's trailing `# comment` in the source, the one place it is written.
+    """
+    import inspect
+    import re
+    from dataclasses import MISSING, fields, is_dataclass
+
+    schema = Config if schema is None else schema
+    comments = {}
+    for line in inspect.getsource(schema).splitlines():
+        m = re.match(r"^    (\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    out = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = f.default
+        if is_dataclass(default):
+            out.append((key, "", comments.get(f.name, "")))
+            out.extend(field_docs(type(default), key + "."))
+        else:
+            out.append((key, repr(default), comments.get(f.name, "")))
+    return out
+
+
+def format_field_docs(schema: Any = None) -> str:
+    """`field_docs` as aligned text (`hapo train --help-config`)."""
+    rows = field_docs(schema)
+    width = max(len(k) for k, _, _ in rows)
+    lines = []
+    for key, default, doc in rows:
+        if not default:  # a group
+            lines.append(f"\n{key}: {doc}")
+        else:
+            lines.append(f"  {key:<{width}}  {doc} [default: {default}]")
+    return "\n".join(lines).lstrip("\n") + "\n"

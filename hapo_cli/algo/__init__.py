@@ -9,6 +9,7 @@ Find each HAPO component by name:
 - aac.py        D  Asymmetric Adaptive Clipping: adaptive_clip_bounds
 - loss.py       the clipped objective: policy_loss, hapo_policy_loss (C and D fused in), LOSS_AGG_MODES
 - dapo.py       DAPO pieces: overlong_penalty, informative_groups (dynamic sampling)
+- objective.py  the ONE map from switches (A-D, advantage estimator, loss options) to the maths: build_objective
 
 Shapes: B responses, padded response length L, vocabulary V. No function syncs with the host
 except `EntropyStats.as_dict`. Masks may be bool, int or float (non-zero = valid); masking is done
@@ -66,17 +67,21 @@ from .entropy import (
     token_logprobs,
 )
 from .loss import LOSS_AGG_MODES, aggregate_loss, hapo_policy_loss, policy_loss
+from .objective import COMPONENTS, Objective, build_objective
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "ADV_EPS",
+    "COMPONENTS",
     "ENTROPY_FLOOR",
     "LOSS_AGG_MODES",
     "NORMALIZE_MODES",
     "EntropyStats",
+    "Objective",
     "adaptive_clip_bounds",
     "adaptive_temperature",
     "aggregate_loss",
+    "build_objective",
     "entropy_stats",
     "get_advantage_estimator",
     "grpo_advantages",

@@ -152,7 +152,8 @@ def _check_file(path: str) -> Path:
 # ---------------------------------------------------------------- reading rows
 
 
-def _read_local(path: str) -> list[dict]:
+def read_local_table(path: str) -> list[dict]:
+    """Rows of a local .parquet / .jsonl / .json file (a list of objects, or {split: [...]}, or columns)."""
     p = Path(path)
     try:
         if p.suffix == ".parquet":
@@ -164,9 +165,9 @@ def _read_local(path: str) -> list[dict]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         data = json.loads(text)
     except (OSError, ValueError) as err:
-        raise HapoError(f"cannot read benchmark file {path}: {err}") from err
+        raise HapoError(f"cannot read data file {path}: {err}") from err
     except Exception as err:  # pyarrow errors
-        raise HapoError(f"cannot read benchmark file {path}: {type(err).__name__}: {err}") from err
+        raise HapoError(f"cannot read data file {path}: {type(err).__name__}: {err}") from err
     if isinstance(data, dict):  # {"data": [...]}, {"test": [...]} or column-oriented
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) == 1 and lists[0] and isinstance(lists[0][0], dict):
@@ -176,7 +177,7 @@ def _read_local(path: str) -> list[dict]:
             return [dict(zip(keys, vals)) for vals in zip(*(data[k] for k in keys))]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return data
-    raise HapoError(f"cannot read benchmark file {path}: expected a list of objects (one per question)")
+    raise HapoError(f"cannot read data file {path}: expected a list of objects (one per question)")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -316,7 +317,7 @@ def load_bench_rows(
         from hapo_cli.data import synthetic
 
         return synthetic.make_rows(spec.split, limit if limit is not None else SYNTHETIC_DEFAULT_LIMIT, seed=seed)
-    raw = _read_local(spec.local_path) if spec.local_path else _read_hub(spec, cache_dir=cache_dir)
+    raw = read_local_table(spec.local_path) if spec.local_path else _read_hub(spec, cache_dir=cache_dir)
     if not raw:
         raise HapoError(f"benchmark {spec.name} has no rows ({spec.source})")
     columns = set().union(*(r.keys() for r in raw[:50]))

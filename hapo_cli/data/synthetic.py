@@ -31,9 +31,12 @@ def is_validation_pair(a: int, b: int) -> bool:
     return _bucket(a, b) == VAL_BUCKET
 
 
+PROMPT_TEMPLATE = "{question}"  # the exact prompt text the tiny model was warm-started on (no chat template)
+
+
 def format_prompt(question: str) -> str:
     """The exact prompt text the tiny model was warm-started on (no chat template)."""
-    return question
+    return PROMPT_TEMPLATE.format(question=question)
 
 
 def verify(completion: str, answer: str) -> bool:

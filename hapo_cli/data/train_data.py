@@ -1,7 +1,6 @@
-"""Training prompts: the built-in synthetic task, DAPO-Math-17k, or any local parquet/jsonl/json file.
+"""Training rows from a table (DAPO-Math-17k, any local parquet/jsonl/json file) and the prompt order.
 
-Each row becomes {id, question, answer, prompt_ids}; prompts longer than max_prompt_length are
-left-truncated (the end of a prompt, with the instruction, is what matters).
+Each row becomes {id, question, answer}; the Task (hapo_cli.tasks) turns questions into prompts.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from hapo_cli import seeds
 from hapo_cli.errors import HapoError
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -39,22 +39,13 @@ def _question_text(value: Any) -> str:
 
 def read_table(path: str) -> list[dict]:
     """Rows of a local parquet / jsonl / json file, or of a Hub dataset id (train split)."""
+    from hapo_cli.data.benchmarks import read_local_table
+    from hapo_cli.models import is_local_path
+
     p = Path(path).expanduser()
     if p.exists():
-        suffix = p.suffix.lower()
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(p).to_pylist()
-        if suffix in (".jsonl", ".json"):
-            import json
-
-            text = p.read_text()
-            if suffix == ".json" and text.lstrip().startswith("["):
-                return json.loads(text)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        raise HapoError(f"unsupported data file {path!r}: use .parquet, .jsonl or .json")
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        return read_local_table(str(p))
+    if is_local_path(path):
         raise HapoError(f"data file {path!r} does not exist: give a local .parquet/.jsonl/.json file or a Hub dataset id")
     try:
         import datasets
@@ -67,14 +58,14 @@ def read_table(path: str) -> list[dict]:
         ) from None
 
 
-def load_train_rows(data_cfg, seed: int = 0) -> list[dict]:
-    """{id, question, answer} rows for training (deduplicated by question text)."""
-    if data_cfg.name == "synthetic" and data_cfg.path is None:
-        from hapo_cli.data import synthetic
+def train_source(data_cfg) -> str:
+    """The file or Hub id the training rows come from."""
+    return data_cfg.path or (DAPO_MATH_ID if data_cfg.name == "dapo_math" else data_cfg.name)
 
-        rows = synthetic.make_rows("train", data_cfg.max_train_rows, seed=seed)
-        return rows
-    source = data_cfg.path or (DAPO_MATH_ID if data_cfg.name == "dapo_math" else data_cfg.name)
+
+def load_train_rows(data_cfg) -> list[dict]:
+    """{id, question, answer} rows of a table for training (deduplicated by question text)."""
+    source = train_source(data_cfg)
     table = read_table(source)
     rows, seen = [], set()
     for i, r in enumerate(table):
@@ -100,26 +91,6 @@ def load_train_rows(data_cfg, seed: int = 0) -> list[dict]:
     return rows
 
 
-def build_prompt(question: str, data_cfg, tokenizer, use_chat_template: bool) -> list[int]:
-    """Prompt token ids: template, optional chat template, left truncation."""
-    if data_cfg.name == "synthetic" and data_cfg.path is None:
-        from hapo_cli.data import synthetic
-
-        text = synthetic.format_prompt(question)
-    else:
-        text = data_cfg.prompt_template.format(question=question)
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
-    else:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-    limit = data_cfg.max_prompt_length
-    return ids[-limit:] if limit and len(ids) > limit else ids
-
-
 class PromptSampler:
     """Epoch-shuffled prompt order, identical on every rank; its state is (epoch, position)."""
 
@@ -131,7 +102,7 @@ class PromptSampler:
         self._order = self._perm(0)
 
     def _perm(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(seeds.prompt_order(self.seed, epoch))
         return torch.randperm(self.n, generator=g).tolist()
 
     def take(self, k: int) -> list[int]:

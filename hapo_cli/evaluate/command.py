@@ -11,7 +11,6 @@ the end. Running again with the same --out resumes: graded questions are not gen
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -56,24 +55,13 @@ def _default_out(model: str) -> Path:
 
 
 def _wandb_log(cfg, out: Path, summaries: list[dict], table: str) -> None:
-    try:
-        import wandb
-    except ImportError:
-        print("W&B: wandb is not installed; results are in " + str(out), file=sys.stderr)
-        return
-    from hapo_cli.train.run import wandb_has_credentials
+    from hapo_cli.runs.wandb import WandbLogger
 
-    mode = "online" if wandb_has_credentials() else "offline"
-    if mode == "offline":
-        print(f"W&B: no credentials found, logging offline to {out}/wandb (sync later: wandb sync {out}/wandb/offline-run-*)",
-              file=sys.stderr)
-    run = wandb.init(project=cfg.wandb_project, job_type="eval", dir=str(out), mode=mode,
-                     config={k: v for k, v in vars(cfg).items()}, settings=wandb.Settings(console="off"))
-    flat = {f"eval/{s['bench']}/{k}": v for s in summaries for k, v in s.items() if isinstance(v, (int, float))}
-    run.log(flat)
+    run = WandbLogger(out, {k: v for k, v in vars(cfg).items()}, project=cfg.wandb_project, job_type="eval")
+    run.log({f"eval/{s['bench']}/{k}": v for s in summaries for k, v in s.items() if isinstance(v, (int, float))})
     cols = ["bench"] + [k for k, v in summaries[0].items() if isinstance(v, (int, float)) and k != "bench"]
-    run.log({"eval/results": wandb.Table(columns=cols, data=[[s.get(c) for c in cols] for s in summaries])})
-    run.summary["results_markdown"] = table
+    run.log_table("eval/results", cols, [[s.get(c) for c in cols] for s in summaries])
+    run.set_summary("results_markdown", table)
     run.finish()
 
 
@@ -97,13 +85,49 @@ def _validate(cfg) -> None:
             raise HapoError(msg)
 
 
+def _load_benches(cfg) -> list[tuple[str, object]]:
+    """(label, Task) per benchmark, rows loaded: a missing one fails before the model loads."""
+    from hapo_cli.tasks import bench_task
+
+    names = [b.strip() for b in str(cfg.bench).split(",") if b.strip()]
+    if not names:
+        raise HapoError("give at least one benchmark: --bench aime24[,math500,...] or a local file")
+    out, seen = [], set()
+    for name in names:
+        task = bench_task(name, prompt_style=cfg.prompt, chat_template=cfg.chat_template, limit=cfg.limit,
+                          seed=cfg.seed, question_key=cfg.question_key, answer_key=cfg.answer_key, id_key=cfg.id_key)
+        key = task.bench.name
+        while key in seen:
+            key = f"{key}_"
+        seen.add(key)
+        out.append((key, task))
+    return out
+
+
+def _build_engine(cfg):
+    """(engine, tokenizer) for the model: the hf engine on the loaded module, or vllm on its folder."""
+    from hapo_cli.models import load_model_and_tokenizer, load_tokenizer, resolve_device
+    from hapo_cli.rollout.factory import EngineSettings, build_engine
+    from hapo_cli.tasks import model_path
+
+    path = model_path(cfg.model)
+    settings = EngineSettings(engine=cfg.engine, batch_size=cfg.batch_size, dtype=cfg.dtype, seed=cfg.seed, colocated=False)
+    if cfg.engine == "vllm":
+        tokenizer = load_tokenizer(path)
+        return build_engine(settings, None, tokenizer, model_path=path), tokenizer
+    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=resolve_device(cfg.device))
+    model.eval()
+    return build_engine(settings, model, tokenizer, model_path=path), tokenizer
+
+
 def run_eval(cfg) -> list[dict]:
     """Everything `hapo eval` does, from a composed EvalConfig; returns the per-bench summaries."""
-    from hapo_cli.data.benchmarks import load_bench_rows, resolve_bench
-    from hapo_cli.evaluate.engines import ENGINES, make_engine
-    from hapo_cli.evaluate.evaluator import evaluate_rows, with_prompt
-    from hapo_cli.evaluate.prompts import CHAT_TEMPLATE_MODES, PROMPT_STYLES
+    from hapo_cli.evaluate.evaluator import evaluate_rows
     from hapo_cli.rewards.pool import GradingPool
+    from hapo_cli.rollout.factory import ENGINES
+    from hapo_cli.runs.files import atomic_write_json, atomic_write_text
+    from hapo_cli.runs.rundir import write_meta
+    from hapo_cli.tasks.prompts import CHAT_TEMPLATE_MODES, PROMPT_STYLES
 
     if cfg.engine not in ENGINES:
         raise HapoError(f"unknown engine {cfg.engine!r}: choose from {', '.join(ENGINES)}")
@@ -112,40 +136,22 @@ def run_eval(cfg) -> list[dict]:
     if cfg.chat_template not in CHAT_TEMPLATE_MODES:
         raise HapoError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {cfg.chat_template!r}")
     _validate(cfg)
-    names = [b.strip() for b in str(cfg.bench).split(",") if b.strip()]
-    if not names:
-        raise HapoError("give at least one benchmark: --bench aime24[,math500,...] or a local file")
-    # benchmarks first: a missing one fails before the model is loaded
-    specs, rows_of = [], {}
-    for name in names:
-        spec = with_prompt(resolve_bench(name), prompt_style=cfg.prompt, chat_template=cfg.chat_template)
-        key = spec.name
-        while key in rows_of:
-            key = f"{key}_"
-        rows_of[key] = load_bench_rows(spec, limit=cfg.limit, seed=cfg.seed, question_key=cfg.question_key,
-                                       answer_key=cfg.answer_key, id_key=cfg.id_key)
-        specs.append((key, spec))
+    benches = _load_benches(cfg)
     out = Path(cfg.out) if cfg.out else _default_out(cfg.model)
     pool = None
-    if any(s.grader == "math" for _, s in specs):
+    if any(task.needs_pool for _, task in benches):
         pool = GradingPool(num_workers=cfg.grading_workers, timeout=cfg.grading_timeout).start()  # boots while the model loads
     summaries = []
     try:
-        engine, tokenizer = make_engine(cfg.engine, cfg.model, dtype=cfg.dtype, device=cfg.device,
-                                        batch_size=cfg.batch_size, seed=cfg.seed)
+        engine, tokenizer = _build_engine(cfg)
         out.mkdir(parents=True, exist_ok=True)
-        try:
-            from hapo_cli.train.run import write_meta
-
-            write_meta(out, sys.argv)
-        except Exception:  # bookkeeping only
-            pass
-        for key, spec in specs:
-            rows = rows_of[key]
-            typer.secho(f"\n== {key}: {len(rows)} questions from {spec.source} ==", bold=True, err=True)
+        write_meta(out, sys.argv)
+        for key, task in benches:
+            rows = task.val_rows()
+            typer.secho(f"\n== {key}: {len(rows)} questions from {task.source} ==", bold=True, err=True)
             summary = evaluate_rows(
-                engine, tokenizer, rows, bench=spec, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens or spec.max_new_tokens, k_list=cfg.k_list, seed=cfg.seed,
+                engine, tokenizer, rows, task=task, name=key, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens or task.bench.max_new_tokens, k_list=cfg.k_list, seed=cfg.seed,
                 out_dir=out / key, progress=cfg.progress, grader=pool,
             )
             summary["bench"] = key
@@ -159,10 +165,8 @@ def run_eval(cfg) -> list[dict]:
         if pool is not None:
             pool.close()
     table = results_table(summaries)
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "summary.json")
+    atomic_write_text(out / "results.md", table + "\n")
+    atomic_write_json(out / "summary.json", summaries)
     typer.echo(f"\nResults ({cfg.model}; accuracies in %, n={summaries[0]['n']}, T={summaries[0]['temperature']:g}, "
                f"top_p={summaries[0]['top_p']:g}); written to {out}\n")
     typer.echo(table)
@@ -188,13 +192,19 @@ def eval_command(
     wandb: bool = typer.Option(None, "--wandb/--no-wandb", help="Log results to Weights & Biases (offline without credentials)."),
     device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda, cuda:N."),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (default 0)."),
+    help_config: bool = typer.Option(False, "--help-config", help="Print every setting with its default and meaning, and exit."),
 ) -> None:
     """Evaluate a model on math benchmarks: avg@n, pass@k, maj@n, length, truncation.
 
-    Extra KEY=VALUE overrides set any setting, e.g. k_list=[1,4,8] chat_template=off grading_timeout=20 question_key=problem batch_size=16 dtype=bfloat16.
+    Extra KEY=VALUE Hydra overrides set any setting, e.g. k_list=[1,4,8] chat_template=off grading_timeout=20 question_key=problem batch_size=16 dtype=bfloat16 (all of them: --help-config).
     """
-    from hapo_cli.evaluate.config import compose_eval_config
+    from hapo_cli.evaluate.config import EvalConfig, compose_eval_config
 
+    if help_config:
+        from hapo_cli.config import format_field_docs
+
+        typer.echo(format_field_docs(EvalConfig))
+        return
     options = dict(bench=bench, model=model, n=n, temperature=temperature, top_p=top_p,
                    max_new_tokens=max_new_tokens, out=out, limit=limit, prompt=prompt, engine=engine,
                    wandb=wandb, device=device, seed=seed)

@@ -1,8 +1,8 @@
 """`hapo eval` configuration: one structured dataclass (the single place for defaults).
 
-The command's options fill it, then raw overrides (`key=value`, Hydra/OmegaConf dotlist syntax,
-e.g. `n=16 k_list=[1,4,16] question_key=problem`) are applied on top. Unknown keys fail with the
-list of valid ones.
+Raw overrides (`key=value`, Hydra's override syntax as for `hapo train`, e.g. `n=16
+k_list=[1,4,16] question_key=problem`) compose conf/eval.yaml; the command's options go on top.
+Unknown keys fail with the list of valid ones.
 """
 
 from __future__ import annotations
@@ -47,34 +47,39 @@ def valid_keys() -> list[str]:
 
 
 def compose_eval_config(options: dict, overrides: list[str] | None = None) -> EvalConfig:
-    """EvalConfig from command options (None = not given) and `key=value` overrides."""
+    """EvalConfig from Hydra `key=value` overrides (conf/eval.yaml) with the command's options on top
+    (None = not given). Unknown keys fail with the list of valid ones."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    base = OmegaConf.structured(EvalConfig)
+    from hapo_cli.config import conf_dir
+
     given = {k: v for k, v in options.items() if v is not None}
     unknown = [k for k in given if k not in valid_keys()]
     if unknown:
         raise HapoError(f"unknown eval setting(s) {', '.join(unknown)}: valid keys are {', '.join(valid_keys())}")
-    dotlist, raw_strings = [], {}
-    str_keys = {f.name for f in fields(EvalConfig) if f.type in ("str", "str | None")}
-    for ov in overrides or []:
+    overrides = list(overrides or [])
+    for ov in overrides:
+        key = ov.lstrip("+~").split("=", 1)[0]
         if "=" not in ov or ov.startswith("-"):
             raise HapoError(f"cannot read {ov!r}: eval overrides look like key=value (valid keys: {', '.join(valid_keys())})")
-        key, value = ov.lstrip("+").split("=", 1)
         if key not in valid_keys():
             raise HapoError(f"unknown eval setting {key!r}: valid keys are {', '.join(valid_keys())}")
-        if key in str_keys:  # keep text as text: YAML would read `off` as false and `1e3` as a float
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            optional = next(f.type for f in fields(EvalConfig) if f.name == key) == "str | None"
-            raw_strings[key] = None if (optional and value in ("null", "None", "~")) else value
-        else:
-            dotlist.append(f"{key}={value}")
+    ConfigStore.instance().store(name="hapo_eval_schema", node=EvalConfig)
+    GlobalHydra.instance().clear()
     try:
-        cfg = OmegaConf.merge(base, OmegaConf.create(given), OmegaConf.from_dotlist(dotlist), OmegaConf.create(raw_strings))
-        obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise HapoError(f"bad eval setting: {str(err).splitlines()[0]}") from None
-    return obj  # type: ignore[return-value]
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            raw = compose(config_name="eval", overrides=overrides)
+        cfg = OmegaConf.merge(raw, OmegaConf.create(given))
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "Ambiguous value" in text:
+            text += " (quote a comma-separated value, e.g. bench='aime24,math500', or use --bench)"
+        raise HapoError(f"bad eval setting: {text}") from None
+    finally:
+        GlobalHydra.instance().clear()

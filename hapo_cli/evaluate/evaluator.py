@@ -21,19 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
-from hapo_cli.data.benchmarks import BenchSpec, resolve_bench
+from hapo_cli import seeds
 from hapo_cli.errors import HapoError
 from hapo_cli.evaluate.metrics import default_k_list, summarize
-from hapo_cli.evaluate.prompts import GRADING_PREFER, encode_prompt, prompt_text, uses_chat_template
-from hapo_cli.rewards.pool import GradingPool, grade_many
-from hapo_cli.rewards.verify import GradeResult
+from hapo_cli.rewards.pool import GradingPool
+from hapo_cli.runs.files import atomic_write_json, read_jsonl
+from hapo_cli.tasks import Task
+from hapo_cli.tasks.prompts import uses_chat_template
 
 log = logging.getLogger("hapo.eval")
 
@@ -41,17 +40,10 @@ CHUNK_SEQUENCES = 256  # responses per engine.generate call (engines may set `ev
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "eval_config.json"
-_SYNTH_ANSWER = re.compile(r"^\s*(-?\d+)")
 
 
 def _notice(msg: str) -> None:
     print(f"note: {msg}", file=sys.stderr, flush=True)
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _load_done(path: Path, n: int) -> dict[str, list[dict]]:
@@ -62,16 +54,13 @@ def _load_done(path: Path, n: int) -> dict[str, list[dict]]:
     if not path.exists():
         return {}
     groups: dict[str, dict[int, dict]] = {}
-    dirty = False
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                groups.setdefault(str(rec["id"]), {})[int(rec["sample"])] = rec
-            except (ValueError, KeyError, TypeError):
-                dirty = True  # a line cut short by a killed run
+    read = read_jsonl(path)  # a line cut short by a killed run is dropped
+    dirty = read.torn
+    for rec in read.records:
+        try:
+            groups.setdefault(str(rec["id"]), {})[int(rec["sample"])] = rec
+        except (KeyError, TypeError, ValueError):
+            dirty = True
     done = {qid: [g[i] for i in range(n)] for qid, g in groups.items() if set(g) == set(range(n))}
     if dirty or len(done) != len(groups):
         tmp = path.with_name(f".{path.name}.tmp")
@@ -95,35 +84,19 @@ def _check_config(out: Path, cfg: dict) -> None:
             raise HapoError(
                 f"{out} holds results for other settings ({'; '.join(diff)}): use another --out or delete it"
             )
-    _atomic_write_json(path, cfg)
+    atomic_write_json(path, cfg)
 
 
-def _make_grade_fn(grader, spec: BenchSpec) -> tuple[Callable | None, GradingPool | None]:
-    """(grade function(texts, golds, prefer) -> list[GradeResult], pool we own and must close)."""
-    if spec.grader == "synthetic":
+def _grading_pool(grader, task: Task) -> tuple[GradingPool | None, GradingPool | None]:
+    """(pool to grade with, pool we own and must close) for `grader` (see evaluate_rows)."""
+    if not task.needs_pool or grader == "inline":
         return None, None
     if grader is None:
         pool = GradingPool(num_workers=min(2, os.cpu_count() or 1))
-        return (lambda t, g, p: pool.grade(t, g, prefer=p)), pool
+        return pool, pool
     if isinstance(grader, GradingPool):
-        return (lambda t, g, p: grader.grade(t, g, prefer=p)), None
-    if grader == "inline":
-        return (lambda t, g, p: grade_many(t, g, prefer=p)), None
-    if callable(grader):
-        return (lambda t, g, p: grader(t, g, prefer=p)), None
-    raise HapoError(f"grader must be None, 'inline', a GradingPool or a callable, got {grader!r}")
-
-
-def _grade_synthetic(texts: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:
-    from hapo_cli.data import synthetic
-
-    out = []
-    for t, g in zip(texts, golds):
-        m = _SYNTH_ANSWER.match(t or "")
-        pred = m.group(1) if m else None
-        ok = bool(synthetic.verify(t or "", g))
-        out.append(GradeResult(ok, pred, pred or "", "verifier"))
-    return out
+        return grader, None
+    raise HapoError(f"grader must be None, 'inline' or a GradingPool, got {grader!r}")
 
 
 def evaluate_rows(
@@ -131,7 +104,8 @@ def evaluate_rows(
     tokenizer,
     rows: list[dict],
     *,
-    bench,
+    task: Task,
+    name: str | None = None,
     n: int = 8,
     temperature: float = 0.5,
     top_p: float = 0.7,
@@ -146,25 +120,27 @@ def evaluate_rows(
 
     Args:
         engine: a `hapo_cli.rollout.base.RolloutEngine`.
-        tokenizer: the model's tokenizer (prompts are encoded here).
+        tokenizer: the model's tokenizer (prompts are encoded here, by the task).
         rows: [{"id", "question", "answer"}], ids unique.
-        bench: a `BenchSpec` or registry name/path: decides prompt style, chat template, grading.
+        task: the `hapo_cli.tasks.Task` whose prompt and grading apply (`tasks.bench_task(...)` for
+            a benchmark; the trainer passes its training task, so validation asks as training does).
+        name: the label in summaries (default: the benchmark's name, else the task's).
         n, temperature, top_p, max_new_tokens: sampling (paper's validation: 8, 0.5, 0.7).
             temperature 0 is greedy and forces n = 1.
         k_list: pass@k to report (default: powers of two up to n, and n).
         seed: base seed (chunk i uses seed + i).
         out_dir: where per-sample JSONL and summary.json go; enables resume.
         progress: show a progress bar.
-        grader: None (a private GradingPool for math benchmarks), a GradingPool to reuse,
-            "inline" (serial, in this process) or a callable(texts, golds, prefer=...) returning
-            GradeResults.
+        grader: None (a private GradingPool when the task grades in a pool), a GradingPool to
+            reuse, or "inline" (serial, in this process).
 
     Returns {"avg@n", "pass@k"..., "maj@n", "mean_length", "truncated_frac", "n_questions",
     "n_samples", "grading_timeouts", ...settings}; accuracies are fractions in [0, 1].
     """
     from hapo_cli.rollout.base import SamplingParams
 
-    spec = resolve_bench(bench)
+    bench = getattr(task, "bench", None)
+    label = name or (bench.name if bench is not None else task.name)
     if n < 1:
         raise HapoError(f"n must be >= 1, got {n}")
     if temperature <= 0:
@@ -179,12 +155,12 @@ def evaluate_rows(
     if missing:
         raise HapoError(f"rows need id, question and answer keys (row {missing[0]} has {sorted(rows[missing[0]])})")
     if len(set(ids)) != len(ids):
-        raise HapoError(f"benchmark {spec.name}: question ids are not unique")
+        raise HapoError(f"benchmark {label}: question ids are not unique")
 
     cfg = {
-        "bench": spec.name, "source": spec.source, "n": n, "temperature": temperature,
+        "bench": label, "source": task.source, "n": n, "temperature": temperature,
         "top_p": top_p if temperature > 0 else 1.0, "max_new_tokens": max_new_tokens, "seed": seed,
-        "prompt_style": spec.prompt_style, "chat_template": spec.chat_template, "grader": spec.grader,
+        **task.describe(),
     }
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, list[dict]] = {}
@@ -195,22 +171,17 @@ def evaluate_rows(
     pending_ids = {i for i in ids if i not in done}
     resumed = len(ids) - len(pending_ids)
     if resumed and progress:
-        _notice(f"{spec.name}: {resumed} of {len(ids)} questions already graded in {out}, skipping them")
+        _notice(f"{label}: {resumed} of {len(ids)} questions already graded in {out}, skipping them")
 
-    synthetic = spec.grader == "synthetic"
-    if synthetic:
-        from hapo_cli.data import synthetic as synth_task
-    chat = False if synthetic else uses_chat_template(tokenizer, spec.chat_template)
-    prefer = GRADING_PREFER.get(spec.prompt_style, "boxed")
     chunk_q = max(1, int(getattr(engine, "eval_chunk_sequences", CHUNK_SEQUENCES)) // n)
     t_gen = t_grade = 0.0
     n_timeouts_new = 0
-    grade_fn, own_pool = (None, None) if not pending_ids else _make_grade_fn(grader, spec)
+    pool, own_pool = (None, None) if not pending_ids else _grading_pool(grader, task)
     bar = None
     if progress and pending_ids:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pending_ids), desc=f"eval {spec.name}", unit="q", file=sys.stderr)
+        bar = tqdm(total=len(pending_ids), desc=f"eval {label}", unit="q", file=sys.stderr)
     n_correct_new = n_samples_new = 0
     samples_f = (out / SAMPLES_FILE).open("a", encoding="utf-8") if (out is not None and pending_ids) else None
     try:
@@ -218,17 +189,10 @@ def evaluate_rows(
             chunk = [r for r in rows[ci : ci + chunk_q] if str(r["id"]) in pending_ids]
             if not chunk:
                 continue
-            texts_in = [
-                synth_task.format_prompt(str(r["question"])) if synthetic else prompt_text(str(r["question"]), spec.prompt_style)
-                for r in chunk
-            ]
-            if synthetic:  # exactly the warm-start encoding of the tiny model: no special tokens
-                prompts = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts_in]
-            else:
-                prompts = [encode_prompt(tokenizer, t, chat=chat) for t in texts_in]
+            prompts = [task.prompt_ids(tokenizer, str(r["question"])) for r in chunk]
             params = SamplingParams(
                 n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                max_new_tokens=max_new_tokens, seed=seed + ci // chunk_q,
+                max_new_tokens=max_new_tokens, seed=seeds.eval_chunk(seed, ci // chunk_q),
             )
             t0 = time.monotonic()
             rollout = engine.generate(prompts, params)
@@ -237,10 +201,7 @@ def evaluate_rows(
                 raise HapoError(f"engine returned {len(rollout.texts)} responses for {len(chunk)} prompts x n={n}")
             golds = [str(r["answer"]) for r in chunk for _ in range(n)]
             t0 = time.monotonic()
-            if synthetic:
-                results = _grade_synthetic(rollout.texts, golds)
-            else:
-                results = grade_fn(list(rollout.texts), golds, prefer)
+            results = task.grade(list(rollout.texts), golds, pool)
             t_grade += time.monotonic() - t0
             lengths = [int(x) for x in rollout.response_mask.sum(-1).tolist()]
             for qi, r in enumerate(chunk):
@@ -283,26 +244,16 @@ def evaluate_rows(
             "truncated": [x.get("finish_reason") == "length" for x in recs],
             "timeouts": sum(x.get("verdict") == "timeout" for x in recs),
         })
-    summary = {"bench": spec.name, **summarize(records, n, k_list)}
+    summary = {"bench": label, **summarize(records, n, k_list)}
     if summary["grading_timeouts"]:
-        log.warning("%s: %d answers hit the grading timeout and count as wrong", spec.name, summary["grading_timeouts"])
+        log.warning("%s: %d answers hit the grading timeout and count as wrong", label, summary["grading_timeouts"])
     summary.update({
-        "source": spec.source, "n": n, "temperature": temperature, "top_p": cfg["top_p"],
-        "max_new_tokens": max_new_tokens, "seed": seed, "prompt_style": spec.prompt_style,
-        "chat_template_used": chat, "resumed_questions": resumed,
+        "source": task.source, "n": n, "temperature": temperature, "top_p": cfg["top_p"],
+        "max_new_tokens": max_new_tokens, "seed": seed, "prompt_style": cfg["prompt_style"],
+        "chat_template_used": uses_chat_template(tokenizer, task.prompt.chat_template), "resumed_questions": resumed,
         "seconds_generate": round(t_gen, 3), "seconds_grade": round(t_grade, 3),
     })
     if out is not None:
-        _atomic_write_json(out / SUMMARY_FILE, summary)
+        atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
 
-
-def with_prompt(spec: BenchSpec | str, *, prompt_style: str | None = None, chat_template: str | None = None) -> BenchSpec:
-    """The spec with a different prompt style / chat-template mode (the synthetic task keeps its own)."""
-    spec = resolve_bench(spec)
-    changes = {}
-    if prompt_style is not None and spec.grader != "synthetic":
-        changes["prompt_style"] = prompt_style
-    if chat_template is not None:
-        changes["chat_template"] = chat_template
-    return replace(spec, **changes) if changes else spec

@@ -24,7 +24,6 @@ are estimates over that sample, not over every token trained on.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from array import array
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from hapo_cli.errors import HapoError
-
-_STEP_FILE = re.compile(r"^step_(\d+)\.jsonl$")
+from hapo_cli.runs.files import read_jsonl
+from hapo_cli.runs.rollouts import read_rollouts, spread, step_files
 
 
 def parse_steps(spec: str | None) -> tuple[int | None, int | None]:
@@ -51,19 +50,6 @@ def parse_steps(spec: str | None) -> tuple[int | None, int | None]:
     return first, last
 
 
-def step_files(run_dir: Path, first: int | None = None, last: int | None = None) -> list[tuple[int, Path]]:
-    """(step, file) of the saved rollouts of a run within [first, last], in step order."""
-    out = []
-    for p in (Path(run_dir) / "rollouts").glob("step_*.jsonl"):
-        m = _STEP_FILE.match(p.name)
-        if not m:
-            continue
-        step = int(m.group(1))
-        if (first is None or step >= first) and (last is None or step <= last):
-            out.append((step, p))
-    return sorted(out)
-
-
 def quantile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank quantile of an ascending list (rank round(q * (n - 1)), as torch "nearest")."""
     return sorted_values[round(q * (len(sorted_values) - 1))]
@@ -75,27 +61,6 @@ def _mean(xs: list[float]) -> float:
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
-
-
-def spread(files: list, max_files: int | None) -> list:
-    """At most `max_files` of `files`, evenly spaced, first and last kept (None: all)."""
-    if max_files is None or len(files) <= max_files:
-        return list(files)
-    if max_files == 1:
-        return [files[-1]]
-    return [files[round(i * (len(files) - 1) / (max_files - 1))] for i in range(max_files)]
-
-
-def read_rollouts(path: Path):
-    """The responses of one rollout file, one dict each (a bad line: one clear error naming it)."""
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise HapoError(f"{path}:{n} is not valid JSON ({err.msg}); the file may be cut short") from None
 
 
 class _Tokens:
@@ -132,17 +97,11 @@ class _Tokens:
 
 def _pivots(run_dir: Path) -> dict[int, float]:
     """Step -> the step's entropy pivot Q (`stats/q`, log-entropy) from the run's metrics.jsonl."""
-    p = Path(run_dir) / "metrics.jsonl"
     out: dict[int, float] = {}
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: the others still count
-            q = rec.get("stats/q")
-            if isinstance(q, (int, float)) and math.isfinite(q) and "step" in rec:
-                out[int(rec["step"])] = float(q)
+    for rec in read_jsonl(Path(run_dir) / "metrics.jsonl").records:
+        q = rec.get("stats/q")
+        if isinstance(q, (int, float)) and math.isfinite(q) and "step" in rec:
+            out[int(rec["step"])] = float(q)
     return out
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hapo_cli.errors import HapoError
-from hapo_cli.sweep import state as st
+from hapo_cli.runs import sweep as st
+from hapo_cli.runs.files import read_jsonl
 
 # validation keys that go into tables: avg@n, pass@k (k > 1: pass@1 equals avg@n), maj@n
 _TABLE_KEY = re.compile(r"^val/(avg|pass|maj)@(\d+)$")
@@ -44,10 +45,7 @@ class RunData:
 
     @cached_property
     def records(self) -> list[dict[str, Any]]:
-        p = self.run_dir / "metrics.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.run_dir / "metrics.jsonl").records
 
     @cached_property
     def config(self) -> dict[str, Any]:

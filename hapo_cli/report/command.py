@@ -72,9 +72,9 @@ def analyze_command(
     Per run: the token entropy distribution and the share above each step's pivot (overall, and for the first and second half of the steps), the tokens that most often carry high entropy, response length of correct vs wrong answers with the advantage mass, and the sampling temperature of high-entropy tokens vs the others. Printed as Markdown and written as JSON.
     """
     from hapo_cli.errors import HapoError
-    from hapo_cli.fileio import atomic_write_text
     from hapo_cli.report.analyze import analyze_run, parse_steps, to_markdown
     from hapo_cli.report.collect import collect
+    from hapo_cli.runs.files import atomic_write_text
 
     if not dirs:
         raise HapoError("give at least one run folder, sweep folder or folder of them, e.g. hapo analyze runs/hapo-x")

@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from hapo_cli.report.analyze import read_rollouts, spread  # noqa: E402
 from hapo_cli.report.collect import Collection, VariantData  # noqa: E402
 from hapo_cli.report.table import primary_key  # noqa: E402
+from hapo_cli.runs.rollouts import read_rollouts, spread  # noqa: E402
 
 DPI = 130
 # (metric key, panel title, y label, scale to display)

@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 
 from hapo_cli.report.collect import Collection, VariantData
-from hapo_cli.sweep import state as st
+from hapo_cli.runs import sweep as st
+from hapo_cli.runs.files import atomic_write_text
 
 
 def _key_order(key: str) -> tuple[int, int]:
@@ -175,7 +176,7 @@ def write_tables(col: Collection, out_dir: Path) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(col)
-    st.atomic_write_text(out_dir / "results.md", md)
-    st.atomic_write_text(out_dir / "results.csv", results_csv(col))
-    st.atomic_write_text(out_dir / "runs.csv", runs_csv(col))
+    atomic_write_text(out_dir / "results.md", md)
+    atomic_write_text(out_dir / "results.csv", results_csv(col))
+    atomic_write_text(out_dir / "runs.csv", runs_csv(col))
     return md

@@ -9,32 +9,28 @@ from __future__ import annotations
 
 import torch
 
+from hapo_cli.rollout.ats_logic import ATSRowParams, ATSScaler
 from hapo_cli.rollout.base import ATSParams, Rollout, SamplingParams, concat_rollouts, pad_left
 
 
 class AdaptiveTemperatureProcessor:
     """transformers LogitsProcessor: logits / (1 + tau * h), h from the previous step's EntropyStats.
 
+    The maths is the shared `ATSScaler` (rollout/ats_logic.py, also behind the vLLM processor).
     Records the factor it applied at every decoding step (`factors`, a list of [N] tensors), so
     the engine can report the effective per-token temperature T_base * factor.
     """
 
     def __init__(self, ats: ATSParams, base_temperature: float):
-        from hapo_cli.algo import EntropyStats
-
-        self.stats = EntropyStats.from_dict(ats.stats)
-        self.tau = float(ats.tau)
-        self.mode = ats.mode
+        self.params = ATSRowParams.from_ats(ats)
+        self.scaler = ATSScaler()
         self.base_temperature = float(base_temperature)
         self.factors: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from hapo_cli.algo import adaptive_temperature
-
-        stats = self.stats.to(scores.device)
-        factor = adaptive_temperature(scores, 1.0, stats, self.tau, mode=self.mode)  # [N] = 1 + tau*h
+        out, factor = self.scaler.apply(scores, [self.params] * scores.shape[0])
         self.factors.append(factor.detach().float().cpu())
-        return scores / factor.to(scores.dtype).unsqueeze(-1)
+        return out
 
 
 def _as_logits_processor(obj):
@@ -51,7 +47,7 @@ def _as_logits_processor(obj):
 class HFRolloutEngine:
     """RolloutEngine over a transformers causal LM (shares the trainer's module: no weight copy)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 512, return_logprobs: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 512, return_logprobs: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)

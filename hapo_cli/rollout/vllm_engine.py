@@ -24,7 +24,7 @@ What it does, all through vLLM's documented APIs:
   instead writes one safetensors file (under /dev/shm when present) and calls the workers'
   `reload_weights(weights_path=...)`: slower, but works for any placement.
 - `sleep()` / `wake_up()` (`enable_sleep_mode=True`): release the engine's GPU memory while the
-  trainer updates. With the trainer's model known (`from_trainer_config`), level 2 is used
+  trainer updates. With the trainer's model known (`trainer_model`, see rollout/factory.py), level 2 is used
   (weights dropped, re-sent on wake by the next sync); otherwise level 1 (weights parked in
   host memory). `generate` wakes the engine up itself.
 - Several trainer ranks (accelerate DDP / FSDP): every rank builds its own engine on its own GPU
@@ -55,7 +55,7 @@ from hapo_cli.errors import HapoError
 from hapo_cli.rollout.ats_logic import ATSRowParams
 from hapo_cli.rollout.base import Rollout, SamplingParams, pad_left, pad_right
 
-__all__ = ["SUPPORTED_VLLM", "VLLMRolloutEngine", "make_engine", "sampled_token_logprobs"]
+__all__ = ["SUPPORTED_VLLM", "VLLMRolloutEngine", "sampled_token_logprobs"]
 
 SUPPORTED_VLLM = ((0, 29), (0, 34))  # [min, max) major.minor of the vLLM versions this module targets
 _SEED_MOD = 2**31 - 1
@@ -145,11 +145,6 @@ def _child_sees_only_current_gpu(tensor_parallel_size: int):
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = old
-
-
-def _vllm_dtype(trainer_dtype: str | None) -> str:
-    """Rollouts run in the checkpoint's dtype unless the trainer trains in half precision."""
-    return trainer_dtype if trainer_dtype in ("bfloat16", "float16") else "auto"
 
 
 class _LLMWeightSyncClient:
@@ -249,26 +244,6 @@ class VLLMRolloutEngine:
             enable_sleep_mode=self.enable_sleep_mode), llm_kwargs or {})
 
     # ------------------------------------------------------------ construction helpers
-
-    @classmethod
-    def from_trainer_config(cls, cfg: Any, model: torch.nn.Module, tokenizer: Any) -> VLLMRolloutEngine:
-        """The trainer's engine: `cfg.rollout` settings, colocated with (and synced from) `model`."""
-        from hapo_cli.train.modeling import resolve_model_path
-
-        r = cfg.rollout
-        return cls(
-            resolve_model_path(cfg.model.name_or_path), tokenizer,
-            dtype=_vllm_dtype(getattr(cfg.model, "dtype", None)), seed=int(cfg.seed),
-            gpu_memory_utilization=float(r.gpu_memory_utilization),
-            tensor_parallel_size=int(r.tensor_parallel_size),
-            max_model_len=int(cfg.data.max_prompt_length) + int(cfg.data.max_response_length),
-            trust_remote_code=bool(getattr(cfg.model, "trust_remote_code", False)),
-            trainer_model=model,
-        )
-
-    @classmethod
-    def from_pretrained(cls, model_path: str, **kwargs: Any) -> VLLMRolloutEngine:
-        return cls(model_path, **kwargs)
 
     def _load_tokenizer(self, trust_remote_code: bool):
         from transformers import AutoTokenizer
@@ -492,21 +467,3 @@ class VLLMRolloutEngine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-
-def make_engine(model_path: str, dtype: str = "auto", seed: int = 0, **kwargs: Any):
-    """`(engine, tokenizer)` for `hapo eval --engine vllm`: a standalone engine (no trainer, no sleep).
-
-    Extra keyword arguments go to `VLLMRolloutEngine` (e.g. gpu_memory_utilization,
-    tensor_parallel_size, max_model_len); unknown ones are an error.
-    """
-    import inspect
-
-    allowed = set(inspect.signature(VLLMRolloutEngine.__init__).parameters) - {"self", "model_path"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise HapoError(f"unknown vLLM engine options {unknown}; valid: {', '.join(sorted(allowed))}")
-    kwargs.setdefault("gpu_memory_utilization", 0.85)
-    kwargs.setdefault("enable_sleep_mode", False)
-    kwargs.setdefault("record_factors", False)
-    engine = VLLMRolloutEngine(model_path, dtype=dtype, seed=seed, **kwargs)
-    return engine, engine.tokenizer

@@ -22,8 +22,8 @@ from pathlib import Path
 import typer
 
 from hapo_cli.errors import HapoError
+from hapo_cli.runs import sweep as st
 from hapo_cli.sweep import plan as pl
-from hapo_cli.sweep import state as st
 
 _HELP = """Run an ablation sweep: DAPO plus subsets of HAPO's components (A ATS, B TLGA, C DAR, D AAC).
 

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from hapo_cli.sweep import state as st
+from hapo_cli.runs import sweep as st
 from hapo_cli.sweep.plan import hydra_quote
 
 _ERROR_LINE = re.compile(r"^(error:|[A-Za-z_][\w.]*(Error|Exception)\b)")

@@ -27,7 +27,7 @@ def _help() -> str:
             lines.append(f"  {g}: {', '.join(group_options(g)) or '-'}")
     except Exception:  # noqa: BLE001 - help must render even without conf/
         lines.append("  (conf/ not found)")
-    lines += ["", "Every key and its default: hapo_cli/config.py, or `hapo train --show-config`."]
+    lines += ["", "Every key, its default and meaning: `hapo train --help-config`; the composed config: `--show-config`."]
     return "\b\n" + "\n".join(lines)
 
 
@@ -35,7 +35,13 @@ def train_command(
     ctx: typer.Context,
     overrides: list[str] = typer.Argument(None, help="Hydra overrides, e.g. algorithm=dapo trainer.total_steps=20"),
     show_config: bool = typer.Option(False, "--show-config", help="Print the composed config and exit."),
+    help_config: bool = typer.Option(False, "--help-config", help="Print every config key with its default and meaning, and exit."),
 ) -> None:
+    if help_config:
+        from hapo_cli.config import format_field_docs
+
+        typer.echo(format_field_docs())
+        return
     overrides = list(overrides or []) + list(ctx.args)
     cfg, raw = compose_config(overrides)
     if show_config:

@@ -1,4 +1,7 @@
-"""Evaluation prompts: an instruction style, wrapped in the model's chat template when it has one.
+"""Prompts: an instruction style, wrapped in the model's chat template when it has one.
+
+`encode_prompt` is THE prompt encoder: training, validation and `hapo eval` all call it, so a
+question becomes the same token ids wherever it is asked.
 
 Styles (`--prompt`):
 - `boxed`: the question, then "Please reason step by step, and put your final answer within
@@ -50,11 +53,18 @@ def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
     return has and mode != "off"
 
 
-def encode_prompt(tokenizer, text: str, *, chat: bool) -> list[int]:
-    """Token ids of one prompt: chat-templated user turn + generation prompt, or plain text."""
+def encode_prompt(tokenizer, text: str, *, chat: bool, max_length: int | None = None) -> list[int]:
+    """Token ids of one prompt: chat-templated user turn + generation prompt, or plain text.
+
+    Plain text gets the tokenizer's own special tokens (a BOS where the model uses one); a
+    rendered chat template already carries them. Longer than `max_length`: left-truncated (the
+    end of a prompt, with the instruction and the generation prompt, is what matters).
+    """
     if chat:
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
         )
-        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    else:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return ids[-max_length:] if max_length and len(ids) > max_length else ids

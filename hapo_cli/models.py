@@ -1,0 +1,72 @@
+"""Model and tokenizer loading, and the one "local folder or Hub id" rule (train, eval, rollout).
+
+Aliases such as `tiny` (the built-in model of the synthetic task) are resolved by
+`hapo_cli.tasks.model_path` before anything here is called.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from hapo_cli.errors import HapoError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def is_local_path(name_or_path: str) -> bool:
+    """A local folder (exists, or looks like a path) rather than a Hub id `org/name`."""
+    p = Path(name_or_path).expanduser()
+    return name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") != 1
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder must exist and hold config.json; anything shaped `org/name` is a Hub id."""
+    if not is_local_path(name_or_path):
+        return name_or_path
+    p = Path(name_or_path).expanduser()
+    if not p.exists():
+        raise HapoError(f"model path {name_or_path!r} does not exist: give a local model folder, a Hub id (org/name) or tiny")
+    if not (p / "config.json").exists():
+        raise HapoError(f"model path {name_or_path!r} has no config.json: point it at a saved transformers model folder")
+    return str(p)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu",
+                             trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer) through `from_pretrained`; one clear HapoError when it cannot be had."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    except OSError as err:
+        if os.path.isdir(path):
+            raise HapoError(f"cannot load the model in {path!r}: {str(err).splitlines()[0]}") from None
+        raise HapoError(
+            f"cannot load model {name_or_path!r} from the Hugging Face Hub (offline or not cached): "
+            f"download it where there is network and set the model to /path/to/folder"
+        ) from None
+    return model.to(device), tokenizer
+
+
+def resolve_device(device: str = "auto") -> str:
+    """auto -> cuda when available, else cpu; an explicit device is returned as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
