@@ -135,12 +135,21 @@ def test_bad_input_is_one_line(cli, tmp_path, args, expect):
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], res.stderr
 
 
-def test_cut_short_file_names_the_line(cli, tmp_path):
+def test_torn_last_line_is_dropped_and_damage_names_the_line(cli, tmp_path):
+    """One torn-line policy (runs/files.py): a cut-short LAST line (a killed writer) is dropped,
+    a bad line before the end is damage and names its line."""
     run = make_run(tmp_path / "run")
-    with open(run / "rollouts" / "step_000002.jsonl", "a") as f:
+    clean = analyze_run(run, min_count=1)
+    path = run / "rollouts" / "step_000002.jsonl"
+    with open(path, "a") as f:
         f.write('{"group": 0, "tokens": ["a"')
+    torn = analyze_run(run, min_count=1)
+    assert torn["tokens"] == clean["tokens"] == 10 and torn["responses"] == clean["responses"] == 3
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 3, "stats/q"')
+    assert analyze_run(run, min_count=1)["tokens"] == 10  # metrics.jsonl read under the same policy
+    path.write_text('{"group": 0, "tokens": ["a"\n' + path.read_text().splitlines()[0] + "\n")
     res = cli("analyze", str(run))
-    assert res.returncode == 2 and "step_000002.jsonl:2 is not valid JSON" in res.stderr
+    assert res.returncode == 2 and "step_000002.jsonl:1 is not valid JSON" in res.stderr
 
 
 @pytest.mark.slow
@@ -175,7 +184,7 @@ def test_folder_of_runs(cli, tmp_path):
 
 
 def test_max_files_spreads_evenly(tmp_path):
-    from hapo_cli.report.analyze import spread
+    from hapo_cli.runs.rollouts import spread
 
     assert spread(list(range(10)), None) == list(range(10))
     assert spread(list(range(10)), 20) == list(range(10))

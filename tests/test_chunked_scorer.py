@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, resource, sys, torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from hapo_cli.train.modeling import ResponseScorer
+    from hapo_cli.train.scorer import ResponseScorer
     torch.set_num_threads(1)
     V, L, chunk = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -75,7 +75,7 @@ def test_chunked_equals_unchunked_values_and_gradients():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from hapo_cli.algo import token_entropy
-    from hapo_cli.train.modeling import ResponseScorer
+    from hapo_cli.train.scorer import ResponseScorer
 
     cfg = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)

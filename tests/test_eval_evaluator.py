@@ -8,11 +8,12 @@ from collections import Counter
 import pytest
 
 from hapo_cli.data import synthetic
-from hapo_cli.data.benchmarks import load_bench_rows, resolve_bench
+from hapo_cli.data.benchmarks import load_bench_rows
 from hapo_cli.errors import HapoError
-from hapo_cli.evaluate import evaluate_rows, with_prompt
+from hapo_cli.evaluate import evaluate_rows
 from hapo_cli.evaluate.metrics import majority_vote, pass_at_k
 from hapo_cli.rewards import GradeResult, grade_many
+from hapo_cli.tasks import MathTask, bench_task
 
 SAMPLE_KEYS = {"id", "sample", "question", "gold", "completion", "pred", "pred_norm", "verdict", "correct",
                "method", "length", "finish_reason"}
@@ -34,9 +35,14 @@ class CountingEngine:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from hapo_cli.evaluate.engines import make_engine
+    from hapo_cli.models import load_model_and_tokenizer
+    from hapo_cli.rollout.factory import EngineSettings, build_engine
 
-    return make_engine("hf", str(tiny_model_dir), device="cpu", batch_size=64)
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    return build_engine(EngineSettings(batch_size=64), model.eval(), tok), tok
+
+
+SYNTHETIC = bench_task("synthetic", rows=[])
 
 
 def read_samples(path):
@@ -62,7 +68,7 @@ def recompute(samples, n, k_list):
 def test_synthetic_summary_matches_the_per_sample_file(tiny, tmp_path):
     engine, tok = tiny
     rows = load_bench_rows("synthetic", limit=16, seed=5)
-    summary = evaluate_rows(engine, tok, rows, bench="synthetic", n=4, max_new_tokens=8, seed=1,
+    summary = evaluate_rows(engine, tok, rows, task=SYNTHETIC, n=4, max_new_tokens=8, seed=1,
                             out_dir=tmp_path, progress=False)
     samples = read_samples(tmp_path / "samples.jsonl")
     assert len(samples) == 16 * 4 and all(set(s) == SAMPLE_KEYS for s in samples)
@@ -86,7 +92,7 @@ def test_resume_generates_only_missing_questions(tiny, tmp_path):
     engine, tok = tiny
     counted = CountingEngine(engine)
     rows = load_bench_rows("synthetic", limit=9, seed=2)
-    kw = dict(bench="synthetic", n=4, max_new_tokens=8, seed=3, out_dir=tmp_path, progress=False)
+    kw = dict(task=SYNTHETIC, n=4, max_new_tokens=8, seed=3, out_dir=tmp_path, progress=False)
     evaluate_rows(counted, tok, rows[:4], **kw)
     assert counted.prompts == 4
     first = (tmp_path / "samples.jsonl").read_bytes()
@@ -114,37 +120,39 @@ def test_resume_generates_only_missing_questions(tiny, tmp_path):
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     engine, tok = tiny
     rows = load_bench_rows("synthetic", limit=2)
-    evaluate_rows(engine, tok, rows, bench="synthetic", n=2, max_new_tokens=8, out_dir=tmp_path, progress=False)
+    evaluate_rows(engine, tok, rows, task=SYNTHETIC, n=2, max_new_tokens=8, out_dir=tmp_path, progress=False)
     with pytest.raises(HapoError, match=r"other settings \(n: 2 -> 3\).*another --out"):
-        evaluate_rows(engine, tok, rows, bench="synthetic", n=3, max_new_tokens=8, out_dir=tmp_path, progress=False)
+        evaluate_rows(engine, tok, rows, task=SYNTHETIC, n=3, max_new_tokens=8, out_dir=tmp_path, progress=False)
 
 
 def test_greedy_forces_one_sample(tiny, capsys):
     engine, tok = tiny
     rows = load_bench_rows("synthetic", limit=6)
-    s = evaluate_rows(engine, tok, rows, bench="synthetic", n=8, temperature=0.0, max_new_tokens=8, progress=False)
+    s = evaluate_rows(engine, tok, rows, task=SYNTHETIC, n=8, temperature=0.0, max_new_tokens=8, progress=False)
     assert s["n"] == 1 and s["n_samples"] == 6 and "avg@1" in s and "pass@8" not in s
     assert s["pass@1"] == s["avg@1"] == s["maj@1"]
     assert "n forced from 8 to 1" in capsys.readouterr().err
     with pytest.raises(HapoError, match="pass@k needs"):
-        evaluate_rows(engine, tok, rows, bench="synthetic", n=2, k_list=[4], progress=False)
+        evaluate_rows(engine, tok, rows, task=SYNTHETIC, n=2, k_list=[4], progress=False)
 
 
 def test_math_bench_file_grading_and_reported_timeouts(tiny, tmp_path):
     """A local maths file goes through extraction + exact match / math-verify; timeouts are counted wrong."""
     engine, tok = tiny
-    spec = with_prompt(resolve_bench("tests/data/tiny_addition_bench.jsonl"), prompt_style="raw", chat_template="off")
-    rows = load_bench_rows(spec)
+    task = bench_task("tests/data/tiny_addition_bench.jsonl", prompt_style="raw", chat_template="off")
+    rows = task.val_rows()
     seen = {}
 
-    def grader(texts, golds, prefer):
-        res = grade_many(texts, golds, prefer=prefer)  # in-process: the real grading
-        seen["prefer"] = prefer
-        res[0] = GradeResult(False, res[0].pred, res[0].pred_norm, "timeout", timed_out=True)
-        return res
+    class FirstTimesOut(MathTask):
+        def grade(self, texts, golds, pool=None):
+            res = grade_many(texts, golds, prefer=self.prefer)  # in-process: the real grading
+            seen["prefer"] = self.prefer
+            res[0] = GradeResult(False, res[0].pred, res[0].pred_norm, "timeout", timed_out=True)
+            return res
 
-    s = evaluate_rows(engine, tok, rows, bench=spec, n=2, max_new_tokens=8, out_dir=tmp_path, progress=False,
-                      grader=grader)
+    task.__class__ = FirstTimesOut
+    s = evaluate_rows(engine, tok, rows, task=task, n=2, max_new_tokens=8, out_dir=tmp_path, progress=False,
+                      grader="inline")
     samples = read_samples(tmp_path / "samples.jsonl")
     assert seen["prefer"] == "raw" and s["grading_timeouts"] == 1
     assert samples[0]["verdict"] == "timeout" and samples[0]["correct"] is False
@@ -157,6 +165,6 @@ def test_math_bench_file_grading_and_reported_timeouts(tiny, tmp_path):
 def test_bad_rows_are_rejected(tiny):
     engine, tok = tiny
     with pytest.raises(HapoError, match="not unique"):
-        evaluate_rows(engine, tok, [{"id": 1, "question": "1+1=", "answer": "2"}] * 2, bench="synthetic", progress=False)
+        evaluate_rows(engine, tok, [{"id": 1, "question": "1+1=", "answer": "2"}] * 2, task=SYNTHETIC, progress=False)
     with pytest.raises(HapoError, match="need id, question and answer"):
-        evaluate_rows(engine, tok, [{"id": 1, "question": "1+1="}], bench="synthetic", progress=False)
+        evaluate_rows(engine, tok, [{"id": 1, "question": "1+1="}], task=SYNTHETIC, progress=False)
