@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
 
 from hapo_cli.algo import archer_high_entropy, archer_kl_loss, archer_loss, archer_quantiles
 
@@ -160,13 +160,17 @@ def test_archer_masked_positions_do_not_matter():
     ka, _ = archer_kl_loss(logp, ref, mask, ent, low_kl_coef=0.5, high_kl_coef=0.2)
     kb, _ = archer_kl_loss(logp2, ref2, mask, ent2, low_kl_coef=0.5, high_kl_coef=0.2)
     torch.testing.assert_close(a + ka, b + kb, **F64)
-    torch.testing.assert_close(torch.autograd.grad(a + ka, logp)[0], torch.autograd.grad(b + kb, logp2)[0], **F64)
+    torch.testing.assert_close(
+        torch.autograd.grad(a + ka, logp)[0], torch.autograd.grad(b + kb, logp2)[0], **F64
+    )
 
 
 @pytest.mark.parametrize("agg", AGGS)
 def test_archer_loss_composes_over_micro_batches(agg):
     logp, old, adv, mask, ent = rand_batch(9, b=6, length=8, spread=0.6)
-    check_microbatch_composition(archer_loss, logp, dict(old_logp=old, adv=adv, mask=mask, entropy=ent), {}, agg)
+    check_microbatch_composition(
+        archer_loss, logp, dict(old_logp=old, adv=adv, mask=mask, entropy=ent), {}, agg
+    )
 
 
 def test_archer_kl_global_token_mean_composes_with_denominators():

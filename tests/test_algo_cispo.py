@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, rand_batch
 
 from hapo_cli.algo import cispo_loss, policy_loss
 
@@ -26,7 +26,9 @@ def test_c1_values_gradients_and_ppo_contrast():
     torch.testing.assert_close(g, torch.tensor([[-0.5, -1.0, -1.2]], dtype=D) / 3, **F64)
     assert g[0, 0].item() == pytest.approx(-0.1666667, abs=1e-7) and g[0, 2].item() == pytest.approx(-0.4)
     assert m["weight_mean"].item() == pytest.approx(2.7 / 3) and m["surrogate"].item() == pytest.approx(-0.9)
-    assert m["token_clipped_right"].tolist() == [[False, False, True]] and m["capfrac_pos"].item() == pytest.approx(1 / 3)
+    assert m["token_clipped_right"].tolist() == [[False, False, True]] and m[
+        "capfrac_pos"
+    ].item() == pytest.approx(1 / 3)
     ppo, _ = policy_loss(logp, old, adv, mask, 0.2, 0.28)
     (gp,) = torch.autograd.grad(ppo, logp)
     torch.testing.assert_close(gp, torch.tensor([[-0.5, -1.0, 0.0]], dtype=D) / 3, **F64)
@@ -52,7 +54,9 @@ def test_c3_trl_absolute_cap_is_eps_high_plus_one():
     (g,) = torch.autograd.grad(loss, logp)
     torch.testing.assert_close(-3 * g, torch.tensor([[0.9, 1.0, 1.2]], dtype=D), **F64)
     with pytest.raises(ValueError, match="eps_high"):
-        cispo_loss(logp, old, adv, mask, None, -0.8)  # ratio_max 0.2 < 1 (TRL's unset-epsilon_high trap) is refused
+        cispo_loss(
+            logp, old, adv, mask, None, -0.8
+        )  # ratio_max 0.2 < 1 (TRL's unset-epsilon_high trap) is refused
 
 
 @pytest.mark.parametrize("agg", AGGS)
@@ -60,7 +64,10 @@ def test_cispo_matches_loop_reference_and_composes(agg):
     logp, old, adv, mask, _ = rand_batch(21, b=6, length=8, spread=0.6)
     loss, _ = cispo_loss(logp, old, adv, mask, 0.3, 0.2, agg=agg)
     lp, od, a, mk = logp.tolist(), old.tolist(), adv.tolist(), mask.tolist()
-    pt = [[-min(max(math.exp(lp[i][t] - od[i][t]), 0.7), 1.2) * a[i][t] * lp[i][t] for t in range(8)] for i in range(6)]
+    pt = [
+        [-min(max(math.exp(lp[i][t] - od[i][t]), 0.7), 1.2) * a[i][t] * lp[i][t] for t in range(8)]
+        for i in range(6)
+    ]
     assert loss.item() == pytest.approx(loop_aggregate(pt, mk, mk, agg), rel=1e-12, abs=1e-12)
     check_microbatch_composition(
         cispo_loss, logp, dict(old_logp=old, adv=adv, mask=mask), dict(eps_low=0.3, eps_high=0.2), agg

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, rand_batch
 
 from hapo_cli.algo import clip_cov_loss, clip_cov_select, kl_cov_loss, kl_cov_select, token_covariance
 
@@ -25,7 +25,9 @@ COV = [[1.3666667, -1.5333333, 0.9666667], [-1.2666667, 2.5333333, -0.4666667]]
 def test_k1_covariance_and_candidates():
     logp, old, adv, mask = _k()
     torch.testing.assert_close(token_covariance(logp, adv, mask), torch.tensor(COV, dtype=D), **TOL)
-    _, cand = clip_cov_select(logp, old, adv, mask, 1.0, 1.0, 0.34, 1.0, 5.0, torch.Generator().manual_seed(0))
+    _, cand = clip_cov_select(
+        logp, old, adv, mask, 1.0, 1.0, 0.34, 1.0, 5.0, torch.Generator().manual_seed(0)
+    )
     assert cand.long().tolist() == [[1, 0, 0], [0, 1, 0]]
 
 
@@ -36,14 +38,18 @@ def test_k1_selection_counts_and_losses():
     torch.testing.assert_close(loss, torch.tensor(0.0, dtype=D), **F64)  # (-2 + 2) / 6
     seen = {}
     for seed in range(40):
-        loss, m = clip_cov_loss(logp, old, adv, mask, 1.0, 1.0, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(seed))
+        loss, m = clip_cov_loss(
+            logp, old, adv, mask, 1.0, 1.0, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(seed)
+        )
         sel = m["token_selected"]
         assert sel.sum().item() == 1  # exactly one token has corr = 0
         (g,) = torch.autograd.grad(loss, logp)
         assert g[sel].item() == 0.0 and torch.count_nonzero(g).item() == 5
         seen[tuple(sel.nonzero()[0].tolist())] = loss.item()
     assert seen.keys() == {(0, 0), (1, 1)}  # both candidates get drawn
-    assert seen[(0, 0)] == pytest.approx(1 / 6, abs=1e-12) and seen[(1, 1)] == pytest.approx(-1 / 6, abs=1e-12)
+    assert seen[(0, 0)] == pytest.approx(1 / 6, abs=1e-12) and seen[(1, 1)] == pytest.approx(
+        -1 / 6, abs=1e-12
+    )
     a, ma = clip_cov_loss(logp, old, adv, mask, 1.0, 1.0, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(5))
     b, mb = clip_cov_loss(logp, old, adv, mask, 1.0, 1.0, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(5))
     assert torch.equal(ma["token_selected"], mb["token_selected"])  # the generator alone decides
@@ -54,8 +60,13 @@ def test_k1_clipped_tokens_are_not_candidates():
     old = old.clone()
     old[1, 1] = logp[1, 1].item() - math.log(0.5)  # r[1,1] = 0.5, A = -1: l2 = 0.8 > l1 = 0.5 with eps 0.2
     for seed in range(10):
-        sel, cand = clip_cov_select(logp, old, adv, mask, 0.2, 0.2, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(seed))
-        assert cand.long().tolist() == [[1, 0, 0], [0, 0, 0]] and sel.long().tolist() == [[1, 0, 0], [0, 0, 0]]
+        sel, cand = clip_cov_select(
+            logp, old, adv, mask, 0.2, 0.2, 2e-4, 1.0, 5.0, torch.Generator().manual_seed(seed)
+        )
+        assert cand.long().tolist() == [[1, 0, 0], [0, 0, 0]] and sel.long().tolist() == [
+            [1, 0, 0],
+            [0, 0, 0],
+        ]
 
 
 def test_k2_kl_cov():
@@ -117,11 +128,17 @@ def test_losses_match_loop_reference_given_the_selection_and_compose(agg):
     sel = kl_cov_select(logp, adv, mask, 0.1)
     r, a, mk, lp, od = (logp - old).exp().tolist(), adv.tolist(), mask.tolist(), logp.tolist(), old.tolist()
     s = sel.tolist()
-    pt = [[-a[i][t] * r[i][t] + (0.7 * abs(lp[i][t] - od[i][t]) if s[i][t] else 0.0) for t in range(8)] for i in range(6)]
+    pt = [
+        [-a[i][t] * r[i][t] + (0.7 * abs(lp[i][t] - od[i][t]) if s[i][t] else 0.0) for t in range(8)]
+        for i in range(6)
+    ]
     loss, _ = kl_cov_loss(logp, old, adv, mask, 0.1, 0.7, agg=agg)
     assert loss.item() == pytest.approx(loop_aggregate(pt, mk, mk, agg), rel=1e-12, abs=1e-12)
     pt = [
-        [0.0 if s[i][t] else max(-a[i][t] * r[i][t], -a[i][t] * min(max(r[i][t], 0.8), 1.28)) for t in range(8)]
+        [
+            0.0 if s[i][t] else max(-a[i][t] * r[i][t], -a[i][t] * min(max(r[i][t], 0.8), 1.28))
+            for t in range(8)
+        ]
         for i in range(6)
     ]
     loss, _ = clip_cov_loss(logp, old, adv, mask, 0.2, 0.28, agg=agg, selected=sel)

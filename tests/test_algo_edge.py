@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
 
 from hapo_cli.algo import (
     GEC_REFLECT_TEXT,
@@ -28,11 +28,17 @@ def _e1(rewards):
 def test_e1_paper_mode():
     r, gid, mask, h = _e1([1.0, 0.0, 0.0, 1.0])
     a_grpo = edge_advantages(r, gid, mask, torch.ones_like(h))  # P all equal: plain GRPO with eps 1e-4
-    torch.testing.assert_close(a_grpo[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=D) / (0.5773503 + 1e-4), **TOL)
+    torch.testing.assert_close(
+        a_grpo[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=D) / (0.5773503 + 1e-4), **TOL
+    )
     assert a_grpo[0, 0].item() == pytest.approx(0.865875, abs=1e-6)
-    torch.testing.assert_close(eda_scale(h, mask, gid), 1 / torch.tensor([0.4, 0.8, 1.6, 1.2], dtype=D), **F64)
+    torch.testing.assert_close(
+        eda_scale(h, mask, gid), 1 / torch.tensor([0.4, 0.8, 1.6, 1.2], dtype=D), **F64
+    )
     a = edge_advantages(r, gid, mask, h)
-    torch.testing.assert_close(a[:, 0], torch.tensor([2.164689, -1.082344, -0.541172, 0.721563], dtype=D), **TOL)
+    torch.testing.assert_close(
+        a[:, 0], torch.tensor([2.164689, -1.082344, -0.541172, 0.721563], dtype=D), **TOL
+    )
     r2, *_ = _e1([2.0, 1.0, 0.0, 2.0])
     a2 = edge_advantages(r2, gid, mask, torch.ones_like(h))[:, 0]
     torch.testing.assert_close(a2, torch.tensor([0.783268, -0.261089, -1.305446, 0.783268], dtype=D), **TOL)
@@ -60,7 +66,9 @@ def test_e3_reference_gradient_flows_through_the_entropy():
             assert not adv.requires_grad
             continue
         (g,) = torch.autograd.grad(loss, ent)
-        assert (4 * g[0, 0]).item() == pytest.approx(expect, abs=1e-3)  # d l_0 / d P_0 = A mean / P^2 = 4.3294
+        assert (4 * g[0, 0]).item() == pytest.approx(
+            expect, abs=1e-3
+        )  # d l_0 / d P_0 = A mean / P^2 = 4.3294
         assert (4 * g[0, 0]).item() == pytest.approx(0.5 / (0.5773503 + 1e-4) * 1.25 / 0.25, rel=1e-6)
 
 
@@ -130,7 +138,9 @@ def test_edge_advantages_match_loop_and_are_order_and_mask_invariant(mode, seed)
     a = edge_advantages(rewards, gids, mask, ent, mode=mode)
     torch.testing.assert_close(a, _loop_eda(rewards, gids, mask, ent, 1e-4, mode), **F64)
     perm = torch.randperm(b, generator=g)
-    torch.testing.assert_close(edge_advantages(rewards[perm], gids[perm], mask[perm], ent[perm], mode=mode), a[perm], **F64)
+    torch.testing.assert_close(
+        edge_advantages(rewards[perm], gids[perm], mask[perm], ent[perm], mode=mode), a[perm], **F64
+    )
     if mode == "paper":  # the reference mode reads the padding on purpose
         garbage = torch.where(mask.bool(), ent, torch.full_like(ent, 123.0))
         torch.testing.assert_close(edge_advantages(rewards, gids, mask, garbage), a, **F64)

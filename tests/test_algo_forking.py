@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, loop_ppo, rand_batch
 
 from hapo_cli.algo import forking_loss, forking_token_mask, policy_loss
 
@@ -125,7 +125,11 @@ def test_selection_matches_loop_reference_and_ignores_masked_values(seed):
     mask = (torch.rand(4, 9, generator=g) < 0.7).long()
     garbage = torch.where(mask.bool(), h, torch.full_like(h, 1e9))
     for rho in (0.2, 0.35, 1.0):
-        for conv, ref in (("topk_ceil", _loop_topk), ("linear_ge", _loop_linear), ("hapo_h_positive", _loop_hapo)):
+        for conv, ref in (
+            ("topk_ceil", _loop_topk),
+            ("linear_ge", _loop_linear),
+            ("hapo_h_positive", _loop_hapo),
+        ):
             got = forking_token_mask(h, mask, rho, conv)
             assert got.tolist() == ref(h.tolist(), mask.tolist(), rho), (conv, rho)
             assert torch.equal(forking_token_mask(garbage, mask, rho, conv), got)
@@ -170,7 +174,9 @@ def test_forking_loss_masked_positions_do_not_matter():
     w = torch.rand(logp.shape, dtype=D) + 0.5
     for den in ("selected", "all"):
         a, _ = forking_loss(logp, old, adv, mask, sel, denominator=den, is_weights=w)
-        b, _ = forking_loss(logp2, old2, adv2, mask, sel2, denominator=den, is_weights=torch.where(pad, 9.0, w))
+        b, _ = forking_loss(
+            logp2, old2, adv2, mask, sel2, denominator=den, is_weights=torch.where(pad, 9.0, w)
+        )
         torch.testing.assert_close(a, b, **F64)
         ga, gb = torch.autograd.grad(a, logp)[0], torch.autograd.grad(b, logp2)[0]
         torch.testing.assert_close(ga, gb, **F64)
@@ -186,7 +192,11 @@ def test_forking_loss_composes_over_micro_batches(agg):
     sel_rows = sel.clone()
     sel_rows[:, 0] = 1.0  # every row has a selected token, so the seq-mean row weights hold for "selected"
     check_microbatch_composition(
-        forking_loss, logp, dict(old_logp=old, adv=adv, mask=mask, sel=sel_rows), dict(denominator="selected"), agg
+        forking_loss,
+        logp,
+        dict(old_logp=old, adv=adv, mask=mask, sel=sel_rows),
+        dict(denominator="selected"),
+        agg,
     )
 
 

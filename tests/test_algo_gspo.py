@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _algo_ref import AGGS, D, F64, check_microbatch_composition, loop_aggregate, rand_batch
+from _algo_ref import AGGS, F64, D, check_microbatch_composition, loop_aggregate, rand_batch
 
 from hapo_cli.algo import gspo_loss
 
@@ -56,14 +56,18 @@ def test_g1_mixed_signs_values_and_gradients(variant):
 def test_g2_inside_the_zone_is_unclipped_and_token_variant_matches():
     logp, old, adv, mask = _g1([1.0, -1.0], log_ratios=((0.0002, 0.0004), (0.0002, 0.0004)))
     s = math.exp(0.0003)
-    assert s == pytest.approx(1.00030005, abs=1e-8) and s < 1.0004  # spec prints 1.00030005 (exact 1.000300045)
+    assert (
+        s == pytest.approx(1.00030005, abs=1e-8) and s < 1.0004
+    )  # spec prints 1.00030005 (exact 1.000300045)
     out = {}
     for variant in ("sequence", "token"):
         loss, m = gspo_loss(logp, old, adv, mask, 3e-4, 4e-4, variant=variant)
         out[variant] = (loss, torch.autograd.grad(loss, logp)[0])
         assert m["clipfrac"].item() == 0.0
     torch.testing.assert_close(out["sequence"][0], torch.tensor(0.0, dtype=D), **F64)  # (-s + s) / 2
-    torch.testing.assert_close(out["sequence"][1], torch.tensor([[-s / 4, -s / 4, 0], [s / 4, s / 4, 0]], dtype=D), **F64)
+    torch.testing.assert_close(
+        out["sequence"][1], torch.tensor([[-s / 4, -s / 4, 0], [s / 4, s / 4, 0]], dtype=D), **F64
+    )
     torch.testing.assert_close(out["token"][0], out["sequence"][0], **F64)
     torch.testing.assert_close(out["token"][1], out["sequence"][1], **F64)
 
@@ -93,7 +97,11 @@ def test_gspo_matches_loop_reference_and_composes(variant, agg):
     ref = _loop_gspo(logp, old, adv, mask, 0.99, 1.015, variant, agg)
     assert loss.item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
     check_microbatch_composition(
-        gspo_loss, logp, dict(old_logp=old, adv=adv, mask=mask), dict(eps_low=0.01, eps_high=0.015, variant=variant), agg
+        gspo_loss,
+        logp,
+        dict(old_logp=old, adv=adv, mask=mask),
+        dict(eps_low=0.01, eps_high=0.015, variant=variant),
+        agg,
     )
 
 
@@ -114,7 +122,9 @@ def test_gspo_masked_positions_do_not_matter(variant):
     old2, adv2 = torch.where(pad, 5.0, old), torch.where(pad, 1e4, adv)
     w = torch.rand(logp.shape, dtype=D) + 0.5
     a, _ = gspo_loss(logp, old, adv, mask, 0.01, 0.015, variant=variant, is_weights=w)
-    b, _ = gspo_loss(logp2, old2, adv2, mask, 0.01, 0.015, variant=variant, is_weights=torch.where(pad, 3.0, w))
+    b, _ = gspo_loss(
+        logp2, old2, adv2, mask, 0.01, 0.015, variant=variant, is_weights=torch.where(pad, 3.0, w)
+    )
     torch.testing.assert_close(a, b, **F64)
     torch.testing.assert_close(torch.autograd.grad(a, logp)[0], torch.autograd.grad(b, logp2)[0], **F64)
 
