@@ -158,7 +158,9 @@ def clip_cov_loss(
         cov = token_covariance(logp, adv, mask)
         metrics.update(
             {
-                "n_candidates": cand.sum().to(dtype) if cand is not None else torch.zeros((), dtype=dtype),
+                "n_candidates": cand.sum().to(dtype)
+                if cand is not None
+                else torch.zeros((), dtype=dtype, device=n.device),
                 "n_selected": n_sel,
                 "cov_selected_mean": (cov * sel_f).sum() / n_sel.clamp_min(1.0),
                 "token_selected": sel,

@@ -204,7 +204,8 @@ def gec_branches(to_correct: Tensor, generator: torch.Generator, force_reflectio
     (padded prompt < 256 tokens, else nothing changes) before calling.
     """
     check_tensor("gec_branches", "to_correct", to_correct)
-    u = torch.rand(to_correct.shape, generator=generator, device=to_correct.device, dtype=torch.float64)
+    u = torch.rand(to_correct.shape, generator=generator, device=generator.device, dtype=torch.float64)
+    u = u.to(to_correct.device)
     code = torch.where(u < 0.5, 1, torch.where(u < 0.75, 2, 3))
     if force_reflection:
         code = torch.ones_like(code)

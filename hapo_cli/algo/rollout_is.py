@@ -10,6 +10,8 @@ that multiplies the per-token policy-gradient loss (every loss of `algo/` takes 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._common import as_float_mask, check_same_shape, check_tensor, float_dtype
@@ -144,16 +146,8 @@ def rollout_rejection_mask(
         elif level == "max":
             x = torch.where(valid, x, torch.full_like(x, float("-inf"))).amax(-1, keepdim=True)
         keep = torch.ones_like(x, dtype=torch.bool)
-        lo_t = (
-            None
-            if lo is None
-            else (torch.log(torch.tensor(float(lo), dtype=x.dtype)) if stat == "k1" else float(lo))
-        )
-        hi_t = (
-            None
-            if hi is None
-            else (torch.log(torch.tensor(float(hi), dtype=x.dtype)) if stat == "k1" else float(hi))
-        )
+        lo_t = None if lo is None else (math.log(float(lo)) if stat == "k1" else float(lo))
+        hi_t = None if hi is None else (math.log(float(hi)) if stat == "k1" else float(hi))
         if lo_t is not None:
             keep &= x >= lo_t
         if hi_t is not None:
