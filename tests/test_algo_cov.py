@@ -173,5 +173,64 @@ def test_cov_validation():
         clip_cov_loss(logp, old, adv, mask)
     with pytest.raises(ValueError, match="lb < ub"):
         clip_cov_loss(logp, old, adv, mask, lb=5.0, ub=1.0, generator=torch.Generator())
+    with pytest.raises(ValueError, match="draw"):
+        clip_cov_loss(logp, old, adv, mask, generator=torch.Generator(), draw="x")
     with pytest.raises(ValueError, match="kl_cov_ratio"):
         kl_cov_loss(logp, old, adv, mask, kl_cov_ratio=0.0)
+
+
+def _verl_clip_cov_port(old_logp, logp, adv, mask, lo, hi, ratio_, lb, ub, g):
+    """A line-by-line port of [VERL] compute_policy_loss_clip_cov (token-mean), the generator injected into randperm."""
+    ratio = torch.exp(logp - old_logp)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1 - lo, 1 + hi)
+    clip_by_origin = (pg2 > pg1) & (mask > 0)
+    corr = torch.ones_like(adv)
+    m = mask.to(adv.dtype)
+    cov_all = (adv - (adv * m).sum() / m.sum()) * (logp - (logp.detach() * m).sum() / m.sum())
+    cov_all[mask == 0] = -torch.inf
+    cov_all[clip_by_origin] = -torch.inf
+    clip_num = max(int(ratio_ * mask.sum().item()), 1)
+    idx = torch.nonzero((cov_all < ub) & (cov_all > lb) & (mask > 0))
+    if len(idx) > 0:
+        perm = torch.randperm(len(idx), generator=g)
+        idx = idx[perm[: min(clip_num, len(idx))]]
+    corr[idx[:, 0], idx[:, 1]] = 0
+    pg = torch.maximum(pg1, pg2) * corr
+    return (pg * m).sum() / m.sum()
+
+
+def _verl_kl_cov_port(old_logp, logp, adv, mask, ratio_, coef):
+    """A line-by-line port of [VERL] compute_policy_loss_kl_cov (token-mean)."""
+    nkl = logp - old_logp
+    ratio = torch.exp(nkl)
+    pg = -adv * ratio
+    pg_kl = -adv * ratio + coef * nkl.abs()
+    pg = pg.clone()
+    valid = mask > 0
+    valid_idx = torch.nonzero(valid.reshape(-1), as_tuple=True)[0]
+    va, vl = adv[valid].detach().reshape(-1), logp[valid].detach().reshape(-1)
+    cov = (va - va.mean()) * (vl - vl.mean())
+    k = max(1, int(len(cov) * ratio_))
+    big = valid_idx[torch.topk(cov, k, largest=True).indices]
+    pg[big // adv.shape[1], big % adv.shape[1]] = pg_kl[big // adv.shape[1], big % adv.shape[1]]
+    m = mask.to(adv.dtype)
+    return (pg * m).sum() / m.sum()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reference_mode_matches_a_port_of_verl(seed):
+    logp, old, adv, mask, _ = rand_batch(50 + seed, b=6, length=10, spread=0.3)
+    adv = adv * 4  # covariances of order 1, so (lb, ub) = (0.2, 5) has candidates
+    loss, m = clip_cov_loss(logp, old, adv, mask, 0.2, 0.28, 0.1, 0.2, 5.0, torch.Generator().manual_seed(seed),
+                            draw="randperm")  # fmt: skip
+    ref = _verl_clip_cov_port(
+        old, logp, adv, mask, 0.2, 0.28, 0.1, 0.2, 5.0, torch.Generator().manual_seed(seed)
+    )
+    assert m["n_candidates"].item() > m["n_selected"].item() >= 1
+    torch.testing.assert_close(loss, ref, **F64)
+    torch.testing.assert_close(torch.autograd.grad(loss, logp)[0], torch.autograd.grad(ref, logp)[0], **F64)
+    loss, _ = kl_cov_loss(logp, old, adv, mask, 0.1, 0.7)
+    ref = _verl_kl_cov_port(old, logp, adv, mask, 0.1, 0.7)
+    torch.testing.assert_close(loss, ref, **F64)
+    torch.testing.assert_close(torch.autograd.grad(loss, logp)[0], torch.autograd.grad(ref, logp)[0], **F64)

@@ -220,3 +220,35 @@ def test_forking_validation():
         forking_loss(logp, old, adv, mask, mask, agg="x")
     with pytest.raises(ValueError, match="shape"):
         forking_loss(logp, old, adv, mask, mask[:, :2])
+
+
+def _fork_port(entropy, mask, top_ratio):
+    """A line-by-line port of [FORK] get_global_entropy_top_mask (core_algos.py L53-87, fixed version)."""
+    flat_entropy, flat_mask = entropy.flatten(), mask.flatten().bool()
+    response_entropy = flat_entropy[flat_mask]
+    if response_entropy.numel() == 0:
+        return torch.zeros_like(entropy)
+    top_k = max(1, int(len(response_entropy) * top_ratio + 0.9999))
+    _, topk_idx = torch.topk(response_entropy, k=top_k)
+    top_positions = flat_mask.nonzero(as_tuple=False).squeeze(1)[topk_idx]
+    out = torch.zeros_like(flat_entropy)
+    out[top_positions] = 1.0
+    return out.view_as(entropy)
+
+
+def _trl_port(entropies, mask, threshold):
+    """A port of [TRL] get_high_entropy_mask on one process (no padding sentinels to drop)."""
+    non_pad = entropies[mask.bool()].float()
+    thr = torch.quantile(non_pad, threshold)
+    return (entropies >= thr) & mask.bool()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reference_conventions_match_ports_of_fork_and_trl(seed):
+    _, _, _, mask, ent = rand_batch(60 + seed, b=6, length=12, all_rows_valid=False)  # continuous: no ties
+    for rho in (0.2, 0.05, 0.5):
+        assert torch.equal(forking_token_mask(ent, mask, rho, "topk_ceil"), _fork_port(ent, mask, rho))
+        e32 = ent.float()
+        assert torch.equal(
+            forking_token_mask(e32, mask, rho, "linear_ge").bool(), _trl_port(e32, mask, 1 - rho)
+        )

@@ -168,3 +168,28 @@ def test_rollout_is_validation():
         rollout_rejection_mask(old, beh, mask, "k3", lo=0.1)
     with pytest.raises(ValueError, match="top_p"):
         behaviour_logprobs(torch.zeros(1, 1, 3), torch.zeros(1, 1, dtype=torch.long), 1.0, top_p=0.0)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.95, 0.7, 0.3])
+def test_behaviour_logprobs_match_loop_nucleus(top_p):
+    g = torch.Generator().manual_seed(int(top_p * 100))
+    logits = torch.randn(2, 3, 6, generator=g, dtype=D) * 2
+    tokens = torch.randint(0, 6, (2, 3), generator=g)
+    temp = 0.9 + 0.2 * torch.rand(2, 3, generator=g, dtype=D)
+    got = behaviour_logprobs(logits, tokens, temp, top_p=top_p)
+    for i in range(2):
+        for t in range(3):
+            z = [x / temp[i, t].item() for x in logits[i, t].tolist()]
+            p = [math.exp(x - max(z)) for x in z]
+            p = [x / sum(p) for x in p]
+            order = sorted(range(6), key=lambda v: -p[v])
+            kept, mass = [], 0.0
+            # the smallest top set whose mass reaches top_p (HF: drop cumulative-ascending <= 1 - top_p)
+            for v in order:
+                kept.append(v)
+                mass += p[v]
+                if mass >= top_p - 1e-12:
+                    break
+            y = tokens[i, t].item()
+            ref = math.log(p[y] / sum(p[v] for v in kept)) if y in kept else float("-inf")
+            assert got[i, t].item() == pytest.approx(ref, rel=1e-10, abs=1e-10)

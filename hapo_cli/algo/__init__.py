@@ -71,7 +71,7 @@ from .advantages import (
 from .archer import archer_high_entropy, archer_kl_loss, archer_loss, archer_quantiles
 from .ats import adaptive_temperature
 from .cispo import cispo_loss
-from .cov import clip_cov_loss, clip_cov_select, kl_cov_loss, kl_cov_select, token_covariance
+from .cov import CLIP_COV_DRAWS, clip_cov_loss, clip_cov_select, kl_cov_loss, kl_cov_select, token_covariance
 from .dapo import informative_groups, overlong_penalty
 from .dar import redistribute_advantages
 from .edge import (
@@ -109,6 +109,7 @@ from .rollout_is import (
 )
 
 __all__ = [
+    "CLIP_COV_DRAWS",
     "ADVANTAGE_ESTIMATORS",
     "ADV_EPS",
     "EDGE_ADV_EPS",

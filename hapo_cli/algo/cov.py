@@ -21,7 +21,16 @@ from ._select import descending_rank
 
 Tensor = torch.Tensor
 
-__all__ = ["clip_cov_loss", "clip_cov_select", "kl_cov_loss", "kl_cov_select", "token_covariance"]
+CLIP_COV_DRAWS = ("keys", "randperm")
+
+__all__ = [
+    "CLIP_COV_DRAWS",
+    "clip_cov_loss",
+    "clip_cov_select",
+    "kl_cov_loss",
+    "kl_cov_select",
+    "token_covariance",
+]
 
 
 def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
@@ -75,19 +84,27 @@ def clip_cov_select(
     lb: float,
     ub: float,
     generator: torch.Generator,
+    draw: str = "keys",
 ) -> tuple[Tensor, Tensor]:
     """Clip-Cov's detached tokens: all `[B, L]` -> `(selected bool [B, L], candidates bool [B, L])`.
 
     Spec 6 steps 1-3: `clipped = (l2 > l1) & mask` (the ordinary ratio clip binds); candidates
     `mask & ~clipped & (lb < cov < ub)` (strict); `n_sel = max(int(clip_cov_ratio * N), 1)` with N
     the valid tokens; `min(n_sel, #candidates)` candidates chosen uniformly at random without
-    replacement. The draw: one `torch.rand([B, L], generator=generator)` key per token, the
-    candidates with the largest keys win: the same distribution as [VERL]'s `randperm` over the
-    candidate list, but sync-free (not the same random stream). No gradient.
+    replacement, by `draw` (one of `CLIP_COV_DRAWS`):
+    - "keys" (default): one `torch.rand([B, L], generator=generator)` key per token, the
+      candidates with the largest keys win: the same distribution as [VERL]'s `randperm` over the
+      candidate list, sync-free (but not the same random stream);
+    - "randperm" (reference): exactly [VERL]'s draw with the generator injected:
+      `idx = nonzero(candidates)` (row-major), `perm = randperm(len(idx), generator)`, the first
+      `min(n_sel, len(idx))` of `idx[perm]`. Costs one host sync (the candidate count).
+    No gradient.
     """
     fn = "clip_cov_select"
     _pg.check_inputs(fn, None, logp=logp, old_logp=old_logp, adv=adv, mask=mask)
     _check_cov_args(fn, clip_cov_ratio, lb, ub, eps_low, eps_high)
+    if draw not in CLIP_COV_DRAWS:
+        raise ValueError(f"{fn}: unknown draw {draw!r}; valid: {', '.join(CLIP_COV_DRAWS)}")
     if not isinstance(generator, torch.Generator):
         raise ValueError(
             f"{fn}: generator must be a torch.Generator (seeded from run seed, step, rank, micro-batch)"
@@ -97,9 +114,17 @@ def clip_cov_select(
         valid = mask_f > 0
         cov = token_covariance(logp, adv, mask)
         cand = valid & ~((l2 > l1) & valid) & (cov > float(lb)) & (cov < float(ub))
+        k = _n_select(clip_cov_ratio, count_ones(mask_f))
+        if draw == "randperm":
+            idx = torch.nonzero(cand)  # [n_cand, 2] row-major, like [VERL]
+            n_cand = idx.shape[0]  # the host sync of the reference draw
+            perm = torch.randperm(n_cand, generator=generator, device=generator.device).to(idx.device)
+            chosen = idx[perm[: min(int(k.item()), n_cand)]]
+            sel = torch.zeros_like(cand)
+            sel[chosen[:, 0], chosen[:, 1]] = True
+            return sel, cand
         keys = torch.rand(cand.shape, generator=generator, device=generator.device, dtype=torch.float64)
         keys = torch.where(cand, keys.to(cand.device), torch.full_like(keys, -1.0, device=cand.device))
-        k = _n_select(clip_cov_ratio, count_ones(mask_f))
         sel = (descending_rank(keys) < k) & cand
         return sel, cand
 
@@ -118,13 +143,15 @@ def clip_cov_loss(
     agg: str = "token-mean",
     is_weights: Tensor | None = None,
     selected: Tensor | None = None,
+    draw: str = "keys",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clip-Cov loss: `logp, old_logp, adv, mask [B, L]` -> `(loss [], metrics)`.
 
     Spec 6 ([VERL] L1743-1845): `l = PPO(A, r, eps_L, eps_R)` without dual clip, times
     `corr = 0` on the tokens `clip_cov_select(...)` chose (1 elsewhere): they contribute 0 to the
     loss and the gradient but stay in the denominator (`m_den = mask`), aggregated by `agg`.
-    `generator` (required unless `selected` is given) drives the random choice. `selected`: a
+    `generator` (required unless `selected` is given) drives the random choice (`draw`: "keys",
+    sync-free, or "randperm", [VERL]'s exact draw; see `clip_cov_select`). `selected`: a
     precomputed bool/0-1 `[B, L]` selection (e.g. over the whole mini-batch); None selects over
     this call's tokens (`microbatch_local`, reference). Defaults: the released recipes (ratio 2e-4,
     lb 1, ub 5, PPO clip 1.0 / 1.0). Optional detached rollout IS weights multiply `l`.
@@ -140,7 +167,7 @@ def clip_cov_loss(
         if generator is None:
             raise ValueError(f"{fn}: pass a torch.Generator (or a precomputed `selected` mask)")
         sel, cand = clip_cov_select(
-            logp, old_logp, adv, mask, eps_low, eps_high, clip_cov_ratio, lb, ub, generator
+            logp, old_logp, adv, mask, eps_low, eps_high, clip_cov_ratio, lb, ub, generator, draw
         )
     else:
         sel, cand = (selected.detach() != 0) & (mask != 0), None
