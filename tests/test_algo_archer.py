@@ -152,7 +152,7 @@ def test_archer_loss_matches_loop_reference(agg):
 def test_archer_masked_positions_do_not_matter():
     logp, old, adv, mask, ent = rand_batch(8)
     pad = ~mask.bool()
-    logp2 = torch.where(pad, -40.0, logp.detach()).requires_grad_(True)
+    logp2 = torch.where(pad, float("-inf"), logp.detach()).requires_grad_(True)
     old2, adv2, ent2 = torch.where(pad, 3.0, old), torch.where(pad, -1e5, adv), torch.where(pad, NAN, ent)
     ref, ref2 = old - 0.1, torch.where(pad, 99.0, old - 0.1)
     a, _ = archer_loss(logp, old, adv, mask, ent)

@@ -77,7 +77,7 @@ def test_cispo_matches_loop_reference_and_composes(agg):
 def test_cispo_masked_positions_do_not_matter_and_is_weights_multiply():
     logp, old, adv, mask, _ = rand_batch(22, spread=0.6)
     pad = ~mask.bool()
-    logp2 = torch.where(pad, -30.0, logp.detach()).requires_grad_(True)
+    logp2 = torch.where(pad, float("-inf"), logp.detach()).requires_grad_(True)
     old2, adv2 = torch.where(pad, 5.0, old), torch.where(pad, 1e4, adv)
     a, _ = cispo_loss(logp, old, adv, mask, None, 0.2)
     b, _ = cispo_loss(logp2, old2, adv2, mask, None, 0.2)

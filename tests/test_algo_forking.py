@@ -167,7 +167,7 @@ def test_forking_loss_masked_positions_do_not_matter():
     logp, old, adv, mask, ent = rand_batch(2)
     sel = forking_token_mask(ent, mask, 0.3)
     pad = ~mask.bool()
-    logp2 = torch.where(pad, torch.full_like(logp, -50.0), logp.detach()).requires_grad_(True)
+    logp2 = torch.where(pad, float("-inf"), logp.detach()).requires_grad_(True)
     old2 = torch.where(pad, 7.0, old)
     adv2 = torch.where(pad, 1e6, adv)
     sel2 = torch.where(pad, 1.0, sel)

@@ -118,7 +118,7 @@ def test_token_variant_equals_sequence_with_constant_advantages_on_random_data()
 def test_gspo_masked_positions_do_not_matter(variant):
     logp, old, adv, mask, _ = rand_batch(13, spread=0.05)
     pad = ~mask.bool()
-    logp2 = torch.where(pad, -30.0, logp.detach()).requires_grad_(True)
+    logp2 = torch.where(pad, float("-inf"), logp.detach()).requires_grad_(True)
     old2, adv2 = torch.where(pad, 5.0, old), torch.where(pad, 1e4, adv)
     w = torch.rand(logp.shape, dtype=D) + 0.5
     a, _ = gspo_loss(logp, old, adv, mask, 0.01, 0.015, variant=variant, is_weights=w)

@@ -63,8 +63,9 @@ def clamp(x: Tensor, lo: float | Tensor | None, hi: float | Tensor | None) -> Te
 
 
 def log_ratio(logp: Tensor, old_logp: Tensor, mask_f: Tensor, dtype: torch.dtype) -> Tensor:
-    """`clamp((logp - sg(old_logp)) * mask, -20, 20)` `[B, L]` in `dtype`, differentiable in logp (0 at padding)."""
-    d = (logp.to(dtype) - old_logp.detach().to(dtype)) * mask_f
+    """`clamp(logp - sg(old_logp), -20, 20)` `[B, L]` in `dtype`, differentiable in logp; 0 at padding."""
+    d = logp.to(dtype) - old_logp.detach().to(dtype)
+    d = torch.where(mask_f > 0, d, torch.zeros_like(d))  # padding may even hold inf / NaN
     return d.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
 

@@ -179,7 +179,8 @@ def archer_kl_loss(
     mask_f = _pg.float_mask(mask, dtype)
     high_f = high.to(dtype)
     low_f = mask_f - high_f
-    d = ((ref_logp.detach().to(dtype) - logp.to(dtype)) * mask_f).clamp(-KL_LOG_RATIO_MAX, KL_LOG_RATIO_MAX)
+    d = ref_logp.detach().to(dtype) - logp.to(dtype)
+    d = torch.where(mask_f > 0, d, torch.zeros_like(d)).clamp(-KL_LOG_RATIO_MAX, KL_LOG_RATIO_MAX)
     k3 = (torch.exp(d) - d - 1.0).clamp(-KL_MAX, KL_MAX)  # [B, L], 0 at padding
     if denominators is None:
         kl_low = _pg.aggregate(k3, low_f, low_f, agg)

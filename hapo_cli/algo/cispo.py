@@ -59,7 +59,8 @@ def cispo_loss(
         if is_weights is not None:
             w = _pg.apply_is_weights(fn, w, is_weights)
         a = adv.detach().to(dtype) * mask_f
-    pt = -(w * a) * logp.to(dtype)  # [B, L] (0 at padding: a = 0 there; logp must be finite)
+    lp = logp.to(dtype)
+    pt = -(w * a) * torch.where(mask_f > 0, lp, torch.zeros_like(lp))  # [B, L], 0 at padding
     loss = _pg.aggregate(pt, mask_f, mask_f, agg)
     n = count_ones(mask_f)
     metrics = {"loss": loss.detach(), "n_tokens": n}

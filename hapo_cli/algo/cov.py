@@ -44,9 +44,11 @@ def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
         dtype = _pg.float_inputs(logp, adv)
         mask_f = _pg.float_mask(mask, dtype)
         n = count_ones(mask_f).clamp_min(1.0)
-        a = adv.detach().to(dtype) * mask_f
-        lp = logp.detach().to(dtype) * mask_f
-        return (a - a.sum() / n) * (lp - lp.sum() / n) * mask_f
+        valid = mask_f > 0
+        zero = torch.zeros((), dtype=dtype, device=mask_f.device)
+        a = torch.where(valid, adv.detach().to(dtype), zero)
+        lp = torch.where(valid, logp.detach().to(dtype), zero)
+        return torch.where(valid, (a - a.sum() / n) * (lp - lp.sum() / n), zero)
 
 
 def _n_select(ratio: float, n: Tensor) -> Tensor:

@@ -72,6 +72,7 @@ def forking_token_mask(
             thr, _ = linear_quantile(h, valid, 1.0 - float(rho))
             sel = (h >= thr) & valid
         else:  # hapo_h_positive
+            h = torch.where(valid, h, torch.ones_like(h))  # entropy_stats needs finite values everywhere
             q = entropy_stats(h, valid, pivot=1.0 - float(rho)).q
             sel = (h.clamp_min(1e-8).log() > q) & valid
         return sel.to(dtype)

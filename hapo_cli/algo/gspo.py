@@ -79,6 +79,7 @@ def gspo_loss(
         ratio = s.expand_as(a_tok)  # [B, L]
     else:
         lp = logp.to(dtype)
+        lp = torch.where(mask_f > 0, lp, torch.zeros_like(lp))  # padding may hold inf
         comb = seq_log.detach() + lp - lp.detach()  # [B, L] value: log s_i; gradient: d logp[i, t]
         if log_ratio_max is not None:
             comb = comb.clamp_max(float(log_ratio_max))
