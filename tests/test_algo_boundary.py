@@ -49,6 +49,13 @@ def test_algo_sources_import_only_torch_and_stdlib():
         "advantages.py",
         "dar.py",
         "aac.py",
+        "forking.py",
+        "archer.py",
+        "edge.py",
+        "gspo.py",
+        "cispo.py",
+        "cov.py",
+        "rollout_is.py",
     }
     bad = []
     for f in files:
@@ -84,6 +91,10 @@ def test_public_api_is_exported():
         "adaptive_temperature", "grpo_advantages", "tlga_advantages", "adaptive_clip_bounds",
         "redistribute_advantages", "policy_loss", "overlong_penalty", "informative_groups",
         "ADVANTAGE_ESTIMATORS", "LOSS_AGG_MODES",
+        # baselines (baselines-spec.md)
+        "forking_token_mask", "forking_loss", "archer_high_entropy", "archer_loss", "archer_kl_loss",
+        "edge_advantages", "eda_scale", "edge_loss", "gspo_loss", "cispo_loss", "clip_cov_loss", "kl_cov_loss",
+        "rollout_is_weights", "rollout_rejection_mask", "behaviour_logprobs",
     }  # fmt: skip
     assert expected <= set(algo.__all__)
     assert all(hasattr(algo, name) for name in algo.__all__)

@@ -11,6 +11,22 @@ Find each HAPO component by name:
 - dapo.py       DAPO pieces: overlong_penalty, informative_groups (dynamic sampling)
 - objective.py  the ONE map from switches (A-D, advantage estimator, loss options) to the maths: build_objective
 
+The baselines (baselines-spec.md), one module per method:
+- forking.py    1 Forking Tokens: forking_token_mask (top-rho entropy selection), forking_loss
+- archer.py     2 Archer: archer_high_entropy, archer_quantiles, archer_loss (per-class clip), archer_kl_loss
+- edge.py       3 EDGE-GRPO: edge_advantages, eda_scale (EDA), edge_loss; GEC's pure parts gec_branches, gec_rewrite
+- gspo.py       4 GSPO / GSPO-token: gspo_loss
+- cispo.py      5 CISPO: cispo_loss
+- cov.py        6 Clip-Cov / KL-Cov: clip_cov_loss, kl_cov_loss, clip_cov_select, kl_cov_select, token_covariance
+- rollout_is.py 7 TIS / MIS / IcePop and rejection sampling: rollout_is_weights, rollout_rejection_mask,
+                behaviour_logprobs
+Every baseline loss is `fn(logp, old_logp, adv, mask, <method args>, agg=..., is_weights=None) ->
+(loss, metrics)`, accepts every LOSS_AGG_MODES name, returns the metrics keys of policy_loss
+(`n_tokens` = tokens in its denominator mask: weight a micro-batch by n_tokens / total under
+token-mean) and takes optional detached rollout IS weights. They are plain autograd (no
+hand-written backward); selections are sync-free (sort-based) and random choices draw from an
+explicit torch.Generator.
+
 Shapes: B responses, padded response length L, vocabulary V. No function syncs with the host
 except `EntropyStats.as_dict`. Masks may be bool, int or float (non-zero = valid); masking is done
 by multiplication, so values at masked positions must be finite.
@@ -53,9 +69,24 @@ from .advantages import (
     grpo_advantages,
     tlga_advantages,
 )
+from .archer import archer_high_entropy, archer_kl_loss, archer_loss, archer_quantiles
 from .ats import adaptive_temperature
+from .cispo import cispo_loss
+from .cov import CLIP_COV_DRAWS, clip_cov_loss, clip_cov_select, kl_cov_loss, kl_cov_select, token_covariance
 from .dapo import informative_groups, overlong_penalty
 from .dar import redistribute_advantages
+from .edge import (
+    EDGE_ADV_EPS,
+    EDGE_EDA_MODES,
+    GEC_BRANCHES,
+    GEC_REFLECT_TEXT,
+    eda_scale,
+    edge_advantages,
+    edge_loss,
+    gec_answer_text,
+    gec_branches,
+    gec_rewrite,
+)
 from .entropy import (
     ENTROPY_FLOOR,
     NORMALIZE_MODES,
@@ -66,33 +97,76 @@ from .entropy import (
     token_entropy,
     token_logprobs,
 )
+from .forking import FORKING_CONVENTIONS, FORKING_DENOMINATORS, forking_loss, forking_token_mask
+from .gspo import GSPO_VARIANTS, gspo_loss
 from .loss import LOSS_AGG_MODES, aggregate_loss, hapo_policy_loss, policy_loss
 from .objective import COMPONENTS, Objective, build_objective
+from .rollout_is import (
+    ROLLOUT_IS_LEVELS,
+    ROLLOUT_IS_MODES,
+    ROLLOUT_RS_STATS,
+    behaviour_logprobs,
+    rollout_is_weights,
+    rollout_rejection_mask,
+)
 
 __all__ = [
+    "CLIP_COV_DRAWS",
     "ADVANTAGE_ESTIMATORS",
     "ADV_EPS",
     "COMPONENTS",
+    "EDGE_ADV_EPS",
+    "EDGE_EDA_MODES",
     "ENTROPY_FLOOR",
+    "FORKING_CONVENTIONS",
+    "FORKING_DENOMINATORS",
+    "GEC_BRANCHES",
+    "GEC_REFLECT_TEXT",
+    "GSPO_VARIANTS",
     "LOSS_AGG_MODES",
     "NORMALIZE_MODES",
+    "ROLLOUT_IS_LEVELS",
+    "ROLLOUT_IS_MODES",
+    "ROLLOUT_RS_STATS",
     "EntropyStats",
     "Objective",
     "adaptive_clip_bounds",
     "adaptive_temperature",
     "aggregate_loss",
     "build_objective",
+    "archer_high_entropy",
+    "archer_kl_loss",
+    "archer_loss",
+    "archer_quantiles",
+    "behaviour_logprobs",
+    "cispo_loss",
+    "clip_cov_loss",
+    "clip_cov_select",
+    "eda_scale",
+    "edge_advantages",
+    "edge_loss",
     "entropy_stats",
+    "forking_loss",
+    "forking_token_mask",
+    "gec_answer_text",
+    "gec_branches",
+    "gec_rewrite",
     "get_advantage_estimator",
     "grpo_advantages",
+    "gspo_loss",
     "hapo_policy_loss",
     "informative_groups",
+    "kl_cov_loss",
+    "kl_cov_select",
     "normalize_batch_entropy",
     "normalize_entropy",
     "overlong_penalty",
     "policy_loss",
     "redistribute_advantages",
+    "rollout_is_weights",
+    "rollout_rejection_mask",
     "tlga_advantages",
+    "token_covariance",
     "token_entropy",
     "token_logprobs",
 ]
