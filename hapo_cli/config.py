@@ -379,6 +379,10 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise HapoError(message)
+    from hapo_cli.algo import ADVANTAGE_ESTIMATORS
+
+    if a.advantage is not None and a.advantage not in ADVANTAGE_ESTIMATORS:
+        raise HapoError(f"unknown algorithm.advantage {a.advantage!r}; registered: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
 
 
 def describe_components(cfg: Config) -> str:
