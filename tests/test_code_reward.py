@@ -16,6 +16,7 @@ from hapo_cli.rewards.code import (
     humaneval_tests,
     mbpp_tests,
     sandbox_kind,
+    stdio_tests,
 )
 
 # HumanEval/0 in the dataset's own shape (prompt + completion = program; `test` defines check(candidate))
@@ -135,3 +136,16 @@ def test_pool_bad_input_is_one_clear_error():
 def test_humaneval_entry_point_must_be_a_name():
     with pytest.raises(HapoError, match="entry_point"):
         humaneval_tests(HE_TEST, "f(); import os")
+
+
+def test_stdio_mode_runs_the_program_as_main_per_input():
+    program = "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\n"
+    tests = stdio_tests([("1 2\n", "3\n"), ("10 -4", "6")])
+    assert execute(program, tests, mode="stdio").status == "pass"
+    assert execute(program.replace("a + b", "a - b"), tests, mode="stdio").status == "fail"
+    # sys.exit(0) after printing is a normal end; the output is still judged here, not by the program
+    assert execute("print(3)\nraise SystemExit(0)\n", stdio_tests([("", "3")]), mode="stdio").status == "pass"
+    assert execute("print('3')\n", stdio_tests([("", "4")]), mode="stdio").status == "fail"
+    assert execute("while True:\n    pass\n", stdio_tests([("", "4")]), mode="stdio", timeout=1).status == "timeout"
+    with pytest.raises(HapoError, match="unknown execution mode"):
+        execute(program, tests, mode="docker")

@@ -13,9 +13,12 @@ The battery goes through CodePool (2 workers) once per kind; about 15-25 s per k
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -86,15 +89,15 @@ def _battery(port: int) -> list[tuple[str, str, str, str]]:
         ("ctypes_segfault", "import ctypes\ndef square(x):\n    ctypes.string_at(0)\n", SQUARE_TESTS, "fail"),
         ("ctypes_segfault_at_import", "import ctypes\nctypes.string_at(0)\n", SQUARE_TESTS, "error"),
         # ---- escapes (contained => "pass"; the host checks below confirm nothing got out)
-        ("writes_outside_workdir", "def escape():\n    for p in %r:\n        try:\n            open(p, 'w').write('x')\n"
-         "        except OSError:\n            pass\n" % (esc,), "assert escape() is None\n", "pass"),
+        ("writes_outside_workdir", "def escape():\n    for p in " + repr(esc) + ":\n        try:\n            open(p, 'w').write('x')\n"
+         "        except OSError:\n            pass\n", "assert escape() is None\n", "pass"),
         ("reads_etc_shadow", "def read():\n    try:\n        return open('/etc/shadow').read()\n"
          "    except OSError:\n        return None\n", "assert read() is None\n", "pass"),
         ("reads_parent_environment", "import os\ndef leak():\n    found = []\n    for p in os.listdir('/proc'):\n"
          "        for f in ('environ', 'cmdline'):\n            try:\n"
-         "                if %r.encode() in open(f'/proc/{p}/{f}', 'rb').read():\n                    found.append(p)\n"
-         "            except OSError:\n                pass\n    return found + [k for k, v in os.environ.items() if %r in v]\n"
-         % (CANARY_ENV, CANARY_ENV), "assert leak() == []\n", "pass"),
+         "                if " + repr(CANARY_ENV) + ".encode() in open(f'/proc/{p}/{f}', 'rb').read():\n                    found.append(p)\n"
+         "            except OSError:\n                pass\n    return found + [k for k, v in os.environ.items() if "
+         + repr(CANARY_ENV) + " in v]\n", "assert leak() == []\n", "pass"),
         ("environment_scrubbed", "import os\ndef keys():\n    bad = ('WANDB_API_KEY', 'HF_TOKEN', 'AWS_SECRET_ACCESS_KEY',\n"
          "           'OPENAI_API_KEY', 'GITHUB_TOKEN', 'HUGGING_FACE_HUB_TOKEN')\n"
          "    return sorted(k for k in os.environ if k in bad)\n", "assert keys() == []\n", "pass"),
@@ -196,6 +199,8 @@ def battery(request):
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     os.environ["HF_TOKEN"] = os.environ["WANDB_API_KEY"] = CANARY_ENV
+    # a host process holding a credential in its initial environment (as a launched trainer would)
+    holder = subprocess.Popen(["sleep", "120"], env={"HF_TOKEN": CANARY_ENV, "PATH": "/usr/bin:/bin"})
     canary = Path(f"canary_{TOKEN}.txt")
     canary.write_text("host file\n")
     cases = _battery(listener.getsockname()[1])
@@ -210,6 +215,8 @@ def battery(request):
                    if os.path.exists(f"{d}/hapo_escape_{TOKEN}")]
         canary_ok = canary.read_text() == "host file\n"
     finally:
+        holder.kill()
+        holder.wait()
         stop.set()
         t.join()
         listener.close()
@@ -289,3 +296,41 @@ def test_plain_rlimit_kind_still_judges_correctly():
     assert execute("import os\nos._exit(0)\n", SQUARE_TESTS, kind="rlimit").status == "error"
     r = execute("import time\ndef square(x):\n    time.sleep(30)\n", SQUARE_TESTS, kind="rlimit", timeout=1)
     assert r.status == "timeout" and r.seconds < 5
+
+
+_UNPRIV_SCRIPT = r'''
+import json, sys
+from hapo_cli.rewards.sandbox import Limits, kind_works, run_sandboxed
+T = "assert f() == 1\n"
+cases = {
+    "ok": "def f():\n    return 1\n",
+    "shadow": "def f():\n    try:\n        open('/etc/shadow').read()\n        return 'LEAK'\n    except OSError:\n        return 1\n",
+    "not_root": "import os\ndef f():\n    return 1 if os.getuid() != 0 and os.geteuid() != 0 else 'ROOT'\n",
+    "nested_userns": "import ctypes\ndef f():\n    return 1 if ctypes.CDLL(None).unshare(0x10000000) != 0 else 'NEW USERNS'\n",
+    "daemon": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\ndef f():\n    return 1\n",
+    "fork_bomb": "import os\ndef f():\n    while True:\n        os.fork()\n",
+    "fake_success": "print('PASS')\ndef f():\n    return 2\n",
+}
+out = {"works": kind_works("bubblewrap")}
+for name, prog in cases.items():
+    out[name] = run_sandboxed(prog, T, limits=Limits(timeout=3), kind="bubblewrap").status
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an unprivileged user), bwrap and a system python3")
+def test_bubblewrap_also_runs_for_an_unprivileged_user():
+    """The same sandbox started by a normal user (bwrap makes a user namespace; no setuid anywhere)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run(["/usr/bin/python3", "-c", _UNPRIV_SCRIPT], user=65534, group=65534, extra_groups=[],
+                       env={"PYTHONPATH": repo, "PATH": "/usr/bin:/bin", "HOME": "/tmp"}, cwd="/",
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "ModuleNotFoundError" in r.stderr:
+        pytest.skip(f"the checkout is not readable by uid 65534: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"works": True, "ok": "pass", "shadow": "pass", "not_root": "pass", "nested_userns": "pass",
+                   "daemon": "pass", "fork_bomb": "limit", "fake_success": "fail"}
+    time.sleep(0.3)
+    assert [p for p in _sandbox_processes() if "uid=65534" in p] == []

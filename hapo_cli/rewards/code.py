@@ -2,6 +2,7 @@
 
     execute(program, tests, timeout=10.0, memory_mb=1024) -> ExecResult   # status pass|fail|timeout|error|limit
     code_reward(completion, tests) -> (score, acc)                       # +1/1 on pass, -1/0 otherwise
+    execute(program, stdio_tests([(input, output), ...]), mode="stdio")   # stdin/stdout problems
     with CodePool(workers=2) as pool:
         results = pool.map(programs, tests)                              # same guarantees, in parallel
     sandbox_kind() -> "bubblewrap" | "rlimit+netns" | "rlimit"           # record it in the run's metadata
@@ -30,12 +31,14 @@ _PY_TAGS = {"", "python", "py", "python3", "py3"}
 
 
 def execute(program: str, tests: str, *, timeout: float = 10.0, memory_mb: int = 1024,
-            kind: str | None = None) -> ExecResult:
+            kind: str | None = None, mode: str = "functions") -> ExecResult:
     """Run `program` and then `tests` (asserts calling its functions) in the sandbox.
 
-    Never raises for anything the program does; bad arguments raise HapoError.
+    mode="stdio" (LiveCodeBench stdin/stdout problems): the tests call `stdio(input) -> output`
+    instead, see `stdio_tests`. Never raises for anything the program does; bad arguments raise
+    HapoError.
     """
-    return run_sandboxed(program, tests, limits=Limits(timeout=timeout, memory_mb=memory_mb), kind=kind)
+    return run_sandboxed(program, tests, limits=Limits(timeout=timeout, memory_mb=memory_mb), kind=kind, mode=mode)
 
 
 def extract_code(completion: str) -> str:
@@ -65,6 +68,20 @@ def mbpp_tests(test_list: Sequence[str], test_imports: Sequence[str] = ()) -> st
     return "\n".join([*test_imports, *test_list]) + "\n"
 
 
+def stdio_tests(cases: Sequence[tuple[str, str]]) -> str:
+    """Tests for mode="stdio" from (input, expected output) pairs; lines compared with surrounding blanks stripped."""
+    lines = [
+        "def _lines(text):",
+        "    out = [line.strip() for line in text.strip().splitlines()]",
+        "    return out",
+    ]
+    for i, (inp, out) in enumerate(cases):
+        if not isinstance(inp, str) or not isinstance(out, str):
+            raise HapoError(f"stdio test case {i} must be a pair of strings (input, output)")
+        lines.append(f"assert _lines(stdio({inp!r})) == _lines({out!r}), 'case {i}'")
+    return "\n".join(lines) + "\n"
+
+
 class CodePool:
     """Runs many programs in parallel sandboxes (each one `execute`, same guarantees).
 
@@ -85,17 +102,18 @@ class CodePool:
         self.kind = kind or sandbox_kind()
         self._ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hapo-code")
 
-    def submit(self, program: str, tests: str, *, timeout: float | None = None):
+    def submit(self, program: str, tests: str, *, timeout: float | None = None, mode: str = "functions"):
         """A Future of the ExecResult of one program."""
         return self._ex.submit(execute, program, tests, timeout=timeout or self.timeout,
-                               memory_mb=self.memory_mb, kind=self.kind)
+                               memory_mb=self.memory_mb, kind=self.kind, mode=mode)
 
-    def map(self, programs: Sequence[str], tests: Sequence[str] | str, *, timeout: float | None = None) -> list[ExecResult]:
+    def map(self, programs: Sequence[str], tests: Sequence[str] | str, *, timeout: float | None = None,
+            mode: str = "functions") -> list[ExecResult]:
         """ExecResults of `programs` (one `tests` string for all, or one per program), in order."""
         tests_list = [tests] * len(programs) if isinstance(tests, str) else list(tests)
         if len(tests_list) != len(programs):
             raise HapoError(f"got {len(programs)} programs but {len(tests_list)} test strings")
-        futures = [self.submit(p, t, timeout=timeout) for p, t in zip(programs, tests_list)]
+        futures = [self.submit(p, t, timeout=timeout, mode=mode) for p, t in zip(programs, tests_list)]
         return [f.result() for f in futures]
 
     def rewards(self, completions: Sequence[str], tests: Sequence[str] | str) -> list[tuple[float, float]]:
@@ -114,4 +132,4 @@ class CodePool:
 
 
 __all__ = ["STATUSES", "CodePool", "ExecResult", "code_reward", "execute", "extract_code", "humaneval_tests",
-           "mbpp_tests", "sandbox_kind"]
+           "mbpp_tests", "sandbox_kind", "stdio_tests"]

@@ -191,10 +191,21 @@ def _kill_uid_from_host(uid: int, python: str) -> None:
         pass
 
 
-def run_sandboxed(program: str, tests: str, *, limits: Limits = Limits(), kind: str | None = None) -> ExecResult:
-    """Run `program`, then `tests` against it, in the sandbox `kind` (default: `sandbox_kind()`)."""
+MODES = ("functions", "stdio")
+
+
+def run_sandboxed(program: str, tests: str, *, limits: Limits = Limits(), kind: str | None = None,
+                  mode: str = "functions") -> ExecResult:
+    """Run `program`, then `tests` against it, in the sandbox `kind` (default: `sandbox_kind()`).
+
+    mode "functions": the program is loaded once and its top-level callables are proxies in the
+    tests. mode "stdio": the program is not loaded; the tests call `stdio(input) -> output`, which
+    runs the program as __main__ with that stdin and returns what it printed.
+    """
     if not isinstance(program, str) or not isinstance(tests, str):
         raise HapoError("program and tests must be strings of Python source")
+    if mode not in MODES:
+        raise HapoError(f"unknown execution mode {mode!r}: choose from {', '.join(MODES)}")
     if limits.timeout <= 0 or limits.memory_mb < 64:
         raise HapoError(f"timeout must be > 0 and memory_mb >= 64 (got {limits.timeout}, {limits.memory_mb})")
     kind = kind or sandbox_kind()
@@ -224,7 +235,7 @@ def run_sandboxed(program: str, tests: str, *, limits: Limits = Limits(), kind: 
         "memory_mb": int(limits.memory_mb), "cpu_seconds": int(limits.timeout) + 1, "nproc": nproc,
         "nofile": limits.nofile, "fsize_mb": limits.fsize_mb, "output_cap": limits.output_cap,
         "output_kill": limits.output_kill, "uid": uid, "python": python, "candidate_source": _CANDIDATE_SRC,
-        "isolate": kind == "rlimit+netns", "pidns": kind == "bubblewrap", "workdir": workdir,
+        "mode": mode, "isolate": kind == "rlimit+netns", "pidns": kind == "bubblewrap", "workdir": workdir,
     }
     cmd = cmd + [sys.executable, "-I", "-S", "-c", _JUDGE_SRC]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -340,4 +351,4 @@ def sandbox_kind(refresh: bool = False) -> str:
     return "rlimit"  # pragma: no cover
 
 
-__all__ = ["KINDS", "STATUSES", "ExecResult", "Limits", "kind_works", "run_sandboxed", "sandbox_kind"]
+__all__ = ["KINDS", "MODES", "STATUSES", "ExecResult", "Limits", "kind_works", "run_sandboxed", "sandbox_kind"]

@@ -9,7 +9,7 @@ Whatever it (or the program) sends, the judge only ever sees plain data it decod
 Protocol on the inherited pipes (fd 0 from the judge, fd 1 to the judge), one frame per
 message: 4-byte big-endian length, then UTF-8 JSON. Requests: {"op": "load", "program": str},
 {"op": "call", "name": str, "args": [...], "kwargs": [[k, v], ...]}, {"op": "callh", "h": int,
-"attr": str | None, ...}. Replies: {"ok": true, "value": ENC} or {"ok": false, "exc": type name,
+"attr": str | None, ...}, {"op": "stdio", "program": str, "args": [stdin]} (run as __main__). Replies: {"ok": true, "value": ENC} or {"ok": false, "exc": type name,
 "msg": str, "errno": int | None}. Values are encoded as tagged lists (see `enc`).
 """
 
@@ -114,6 +114,24 @@ def main():
             return handles[e[1]]
         raise ValueError(f"unknown tag {tag!r}")
 
+    def run_main(program, stdin_text):
+        """Run the program as __main__ with `stdin_text` on stdin; its stdout, as text."""
+        import io
+
+        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+        old_in, old_out = sys.stdin, sys.stdout
+        sys.stdin = io.TextIOWrapper(io.BytesIO(str(stdin_text).encode("utf-8")), encoding="utf-8")
+        sys.stdout = out
+        try:
+            exec(compile(program, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise
+        finally:
+            sys.stdin, sys.stdout = old_in, old_out
+        out.flush()
+        return out.buffer.getvalue().decode("utf-8", "replace")
+
     module = {"__name__": "solution", "__builtins__": builtins}
     while True:
         (n,) = _FRAME.unpack(read_exact(_FRAME.size))
@@ -128,6 +146,8 @@ def main():
                     if not k.startswith("__") and callable(v)
                 }
                 reply = {"ok": True, "names": names}
+            elif op == "stdio":
+                reply = {"ok": True, "value": enc(run_main(req["program"], dec(req["args"][0])))}
             else:
                 if op == "call":
                     fn = module[req["name"]]

@@ -422,15 +422,29 @@ def main():
             judge.start(workdir)
         except Exception as e:
             raise Verdict("error", f"cannot start the program: {type(e).__name__}: {e}") from None
-        judge.send({"op": "load", "program": job["program"]})
-        reply = judge.recv()
+        ns = {"__name__": "__hapo_tests__", "__builtins__": builtins}
+        if job.get("mode") == "stdio":
+            program = job["program"]
+
+            def stdio(stdin=""):
+                if type(stdin) is not str:
+                    raise TypeError("stdio() takes the input as a str")
+                out = judge.call({"op": "stdio", "program": program}, (stdin,), {})
+                if type(out) is not str:
+                    raise CandidateDied("malformed stdio reply")
+                return out
+
+            ns["stdio"] = stdio
+            reply = {"ok": True, "names": {}}
+        else:
+            judge.send({"op": "load", "program": job["program"]})
+            reply = judge.recv()
         if type(reply) is not dict or reply.get("ok") is not True:
             exc = program_exception(reply if type(reply) is dict else {})
             if isinstance(exc, Verdict):
                 raise exc
             raise Verdict("error", f"the program did not load: {reply.get('exc')}: {reply.get('msg')}")
         names = reply.get("names") or {}
-        ns = {"__name__": "__hapo_tests__", "__builtins__": builtins}
         for name in names:
             if type(name) is str and name.isidentifier():
                 ns[name] = judge.proxy(name)
