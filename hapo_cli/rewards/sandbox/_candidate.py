@@ -1,6 +1,6 @@
 """The UNTRUSTED side of a sandboxed run: the process that executes the model's program.
 
-The judge (`_judge.py`) starts this file's text with `python -I -c SOURCE` as an unprivileged
+The judge (`_judge.py`) starts this file's text with `python -I -S -c SOURCE` as an unprivileged
 user, in its own session, under resource limits. Nothing here is trusted: the model's program
 runs in this interpreter and may rewrite any of it. All this stub does is give the judge a
 convenient way in: load the program, call a function with arguments, send the result back.

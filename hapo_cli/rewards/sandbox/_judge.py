@@ -213,7 +213,7 @@ class Judge:
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
         creds = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
         self.proc = subprocess.Popen(
-            [job["python"], "-I", "-c", job["candidate_source"]],
+            [job["python"], "-I", *([] if job.get("site") else ["-S"]), "-c", job["candidate_source"]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=env,
             close_fds=True, start_new_session=True, preexec_fn=limits, bufsize=0, **creds,
         )
