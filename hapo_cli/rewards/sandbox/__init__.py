@@ -41,7 +41,9 @@ from scratch (PATH, HOME, LANG only: no WANDB_API_KEY, HF_TOKEN, cloud keys); a 
 directory removed afterwards; output (stdout+stderr) kept up to a cap, the program killed past
 a flood limit.
 
-Overhead: about 60-100 ms per program (two interpreter starts) on a laptop-class core.
+Overhead: 150-230 ms per program measured on a shared, loaded 2-core machine (two interpreter
+starts, bwrap's namespaces, the reaping); 2 pool workers give 7-9 programs/s there. See
+benchmarks/code_exec_throughput.py.
 """
 
 from __future__ import annotations
