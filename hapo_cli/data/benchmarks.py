@@ -110,6 +110,36 @@ BENCHMARKS: dict[str, BenchSpec] = {
         prompt_style="raw", grader="synthetic", max_new_tokens=8,
         description="the built-in two-number addition task (held-out pairs), graded by its own verifier",
     ),
+    # ---- code (grader "code": hapo_cli.rewards.code; `extra` names the columns the code grader needs)
+    "humaneval": BenchSpec(
+        "humaneval", "openai/openai_humaneval", split="test", question_keys=("prompt",), answer_keys=("test",),
+        id_keys=("task_id",), prompt_style="raw", grader="code", expected_rows=164,
+        description="HumanEval (164 Python functions; tests: humaneval_tests(test, entry_point), program: prompt + completion)",
+        extra={"tests_key": "test", "entry_point_key": "entry_point", "program_prefix_key": "prompt"},
+    ),
+    "mbpp": BenchSpec(
+        "mbpp", "google-research-datasets/mbpp", configs=("sanitized",), split="test", question_keys=("prompt",),
+        answer_keys=("test_list",), id_keys=("task_id",), prompt_style="raw", grader="code", expected_rows=257,
+        description="MBPP sanitized test split (257 hand-verified problems; tests: mbpp_tests(test_list, test_imports))",
+        extra={"tests_key": "test_list", "imports_key": "test_imports"},
+    ),
+    "livecodebench": BenchSpec(
+        "livecodebench", "livecodebench/code_generation_lite", configs=("release_v5",), split="test",
+        question_keys=("question_content",), answer_keys=("public_test_cases",), id_keys=("question_id",),
+        prompt_style="raw", grader="code", max_new_tokens=4096,
+        description="LiveCodeBench code generation, release_v5 (stdin/stdout and LeetCode-style functional problems)",
+        extra={"public_tests_key": "public_test_cases", "private_tests_key": "private_test_cases",
+               "starter_code_key": "starter_code", "metadata_key": "metadata", "date_key": "contest_date"},
+    ),
+    # ---- logic (grader "logic": hapo_cli.rewards.logic.logic_reward; gold like "Zoey is a knave, and Oliver is a knight.")
+    **{
+        f"kk-{n}ppl": BenchSpec(
+            f"kk-{n}ppl", "K-and-K/knights-and-knaves", configs=("test",), split=f"{n}ppl", question_keys=("quiz",),
+            answer_keys=("solution_text",), id_keys=("index",), prompt_style="raw", grader="logic",
+            expected_rows=100, description=f"Knights and Knaves (Xie et al. 2024), {n} people, 100 test puzzles",
+        )
+        for n in range(2, 9)
+    },
 }
 
 
