@@ -254,7 +254,8 @@ def _check_overrides(overrides: list[str]) -> list[str]:
             names = [f.name for f in fields(node)]
             if part not in names:
                 where = ".".join(parts[:i]) or "the top level"
-                raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}")
+                also = " (or the names ats, tlga, dar, aac)" if where == "algorithm.components" else ""
+                raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}{also}")
             node = getattr(node, part)
     return overrides
 

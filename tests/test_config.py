@@ -80,12 +80,20 @@ def test_presets_set_the_components_and_spec_values():
         (["algorithm=dapo", "algorithm.components.ats=true", "algorithm.components.D=true"], "AD"),
         (["algorithm=hapo", "algorithm.components.dar=false"], "ABD"),
         (["algorithm=hapo", "algorithm.components.C=false"], "ABD"),
-        (["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=true"], "ABCD"),
+        (["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=false"], "ABD"),
     ],
 )
 def test_components_by_letter_or_name(overrides, expected):
     cfg, _ = compose_config(overrides)
     assert "".join(k for k, v in cfg.algorithm.enabled().items() if v) == expected
+    assert cfg.algorithm.letters() == expected
+
+
+def test_conflicting_switches_are_refused():
+    """A letter and its name set differently: one line, never a silent winner."""
+    with pytest.raises(HapoError, match=r"^conflicting switches: algorithm.components.C=false and "
+                                        r"algorithm.components.dar=true set component C"):
+        compose_config(["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=true"])
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,7 @@ def test_components_by_letter_or_name(overrides, expected):
         (["model=gpt5"], "unknown model 'gpt5'; choose one of:"),
         (["trainer.nope=1"], "unknown config key 'trainer.nope': trainer has total_steps,"),
         (["nope=1"], "unknown config key 'nope': the top level has algorithm,"),
-        (["algorithm.components.E=true"], "algorithm.components has A, B, C, D, ats, tlga, dar, aac"),
+        (["algorithm.components.E=true"], "algorithm.components has A, B, C, D (or the names ats, tlga, dar, aac)"),
         (["trainer.lr"], "override 'trainer.lr' is not key=value"),
         (["trainer.lr=fast"], "bad value for trainer.lr"),
         (["algorithm.entropy_mode=fancy"], "algorithm.entropy_mode='fancy' is not valid; choose one of: paper, reference"),
