@@ -111,6 +111,8 @@ class DataConfig:
     question_key: str = "question"  # column with the question (string) or a chat list
     answer_key: str = "answer"  # column with the gold answer (dotted path allowed: reward_model.ground_truth)
     prompt_template: str = "{question}"  # how a question becomes a prompt (before the chat template)
+    grading_timeout: float = 10.0  # math: seconds one answer may take to grade (a killed worker; counted wrong, logged)
+    grading_workers: int = 2  # math: grading processes for rewards and validation (0: grade in the trainer's process)
     accept_boxed: bool = False  # math: also grade a \\boxed{} answer when no "Answer:" line is found (DAPO's rule: off)
     max_train_rows: Optional[int] = None  # cap on training rows (null: all)
     val_path: Optional[str] = None  # held-out file (synthetic: built in); null disables validation for files
@@ -155,7 +157,8 @@ class TrainerConfig:
     val_every: int = 20  # validate every N steps (0: only at start and end)
     val_at_start: bool = True  # validate before the first step (the warm-start figure)
     save_every: int = 50  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 1  # how many step checkpoints to keep
+    keep_checkpoints: int = 2  # how many step checkpoints to keep (2: a damaged newest one falls back to the previous)
+    max_skipped_steps: int = 5  # stop after this many consecutive steps whose updates were all non-finite (0: never)
     num_threads: int = 0  # torch CPU threads (0: leave torch's default)
     device: str = "auto"  # auto (accelerate's choice), cpu, cuda
     mixed_precision: str = "no"  # no, bf16, fp16 (accelerate)
@@ -196,7 +199,8 @@ class Config:
     run_name: Optional[str] = None  # run folder name (default: <algorithm>-<data>-<timestamp>)
     output_dir: str = "runs"  # parent folder of run directories
     run_dir: Optional[str] = None  # exact run directory (overrides output_dir/run_name)
-    resume: bool = False  # continue from the last checkpoint in run_dir
+    resume: bool = False  # continue from the newest intact checkpoint in run_dir (refuses a changed config)
+    resume_allow: list[str] = field(default_factory=list)  # config keys a resume may change anyway (recorded in meta.json)
     save_rollouts: bool = True  # keep a sample of each step's rollouts (JSONL) for hapo report
 
 
