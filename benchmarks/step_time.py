@@ -39,8 +39,6 @@ of paired ratios (step i of one system against step i of the reference, taken ba
     # (the first run builds the tiny model into $HAPO_CACHE: minutes more, once)
     python benchmarks/step_time.py --rounds 3 --steps 20 --out results/step_time
     python benchmarks/step_time.py --systems hapo-dapo,trl-dapo --prompts 16 --group-size 8
-    # a hapo system name may end in @fused / @readable: that loss path (hapo_cli.algo.loss) in its run
-    python benchmarks/step_time.py --systems hapo-hapo@fused,hapo-hapo@readable --rounds 3
 """
 
 from __future__ import annotations
@@ -60,12 +58,6 @@ SYSTEMS = {
     "hapo-hapo": "hapo HAPO (algorithm=hapo, ABCD)",
     "trl-dapo": 'TRL GRPOTrainer (loss_type="dapo")',
 }
-LOSS_PATHS = ("fused", "readable")  # "SYSTEM@PATH" (hapo systems): the loss implementation that run uses
-
-
-def label(name: str) -> str:
-    base, _, loss = name.partition("@")
-    return SYSTEMS[base] + (f", {loss} loss" if loss else "")
 
 
 # ---------------------------------------------------------------- settings
@@ -97,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="hapo: save_rollouts=false (skip the per-step rollout sample file)")
     ap.add_argument("--out", default=None, help="also write OUT.md and OUT.json (a .md/.json suffix is dropped)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the run folders and worker logs")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
@@ -164,14 +156,10 @@ class Baton:
             os.write(self.done, b"d")
 
 
-def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton, loss: str = "") -> dict:
+def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    if loss == "fused":  # the trainer calls algo.hapo_policy_loss
-        from hapo_cli import algo
-
-        algo.hapo_policy_loss = algo.loss._fused_hapo_policy_loss
     from hapo_cli.config import compose_config
     from hapo_cli.train.trainer import Trainer
 
@@ -306,8 +294,7 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker == "trl-dapo":
         out = run_trl(args, baton)
     else:
-        base, _, loss = args.worker.partition("@")
-        out = run_hapo(args, "dapo" if base == "hapo-dapo" else "hapo", baton, loss)
+        out = run_hapo(args, "dapo" if args.worker == "hapo-dapo" else "hapo", baton)
     import torch
     import transformers
 
@@ -425,7 +412,7 @@ def summarise(systems: list[str], runs: dict[str, list[dict]], warmup: int) -> l
         med = _median(step)
         p25, p75 = _quartiles(step)
         row = {
-            "system": name, "label": label(name), "median_s": med, "p25_s": p25, "p75_s": p75,
+            "system": name, "label": SYSTEMS[name], "median_s": med, "p25_s": p25, "p75_s": p75,
             "median_cpu_s": _median(cpu), "rollout_s": _median(roll), "train_s": med - _median(roll),
             "tokens": _median([x for xs in measured(name, "tokens") for x in xs]),
             "updates": _median([x for xs in measured(name, "updates") for x in xs]), "n": len(step),
@@ -488,8 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_main(args)
         return
     systems = list(dict.fromkeys(x.strip() for x in args.systems.split(",") if x.strip()))
-    bad = [x for x in systems if x.partition("@")[0] not in SYSTEMS
-           or x.partition("@")[2] not in ("", *LOSS_PATHS) or (x.startswith("trl") and "@" in x)]
+    bad = [x for x in systems if x not in SYSTEMS]
     if bad or not systems:
         raise SystemExit(f"unknown system(s) {bad}; choose from {', '.join(SYSTEMS)}")
     if "trl-dapo" in systems:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import pytest
@@ -340,16 +342,26 @@ def test_gradients_match_finite_differences():
     mask[0, :2] = True
     h = (torch.rand(b, length, generator=gen, dtype=D) * 2 - 1) * mask
     fd = dict(eps=1e-6, atol=1e-8, rtol=1e-6)
-    for agg in LOSS_AGG_MODES:
-        for c in (3.0, None):
-            assert torch.autograd.gradcheck(
-                lambda x: policy_loss(x, old, adv, mask, 0.2, 0.28, clip_ratio_c=c, agg=agg)[0], (logp,), **fd
+    for agg, c in itertools.product(LOSS_AGG_MODES, (3.0, None)):
+        dapo = functools.partial(
+            policy_loss, old_logp=old, adv=adv, mask=mask, eps_low=0.2, eps_high=0.28, clip_ratio_c=c, agg=agg
+        )
+        assert torch.autograd.gradcheck(lambda x, f=dapo: f(x)[0], (logp,), **fd)
+        for alpha, beta in HAPO_HAND:
+            hapo = functools.partial(
+                hapo_policy_loss,
+                old_logp=old,
+                adv=adv,
+                mask=mask,
+                h=h,
+                eps_low=0.2,
+                eps_high=0.28,
+                alpha=alpha,
+                beta=beta,
+                clip_ratio_c=c,
+                agg=agg,
             )
-            for alpha, beta in HAPO_HAND:
-                assert torch.autograd.gradcheck(
-                    lambda x: hapo_policy_loss(x, old, adv, mask, h, 0.2, 0.28, alpha, beta, c, agg)[0],
-                    (logp,), **fd,
-                )
+            assert torch.autograd.gradcheck(lambda x, f=hapo: f(x)[0], (logp,), **fd)
 
 
 def test_policy_loss_validation():

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import as_float_mask, check_same_shape, check_tensor, count_ones, float_dtype
-from .aac import _check_alpha, _check_eps, _clip_limits, adaptive_clip_bounds
-from .dar import _check_beta, _redistribute_, redistribute_advantages
+from ._common import as_float_mask, check_same_shape, check_tensor, float_dtype
+from .aac import _check_alpha, _check_eps, adaptive_clip_bounds
+from .dar import _check_beta, redistribute_advantages
 
 Tensor = torch.Tensor
 
@@ -93,8 +93,9 @@ def _ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
     return torch.exp(torch.where(valid, logp - old_logp, 0.0).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
 
 
-def _loss_metrics(loss: Tensor, r: Tensor, a: Tensor, valid: Tensor, lo: Tensor, hi: Tensor,
-                  c: float | None) -> dict[str, Tensor]:
+def _loss_metrics(
+    loss: Tensor, r: Tensor, a: Tensor, valid: Tensor, lo: Tensor, hi: Tensor, c: float | None
+) -> dict[str, Tensor]:
     """What one loss call logs (detached): clip fractions over the valid tokens, ratio statistics."""
     with torch.no_grad():
         r = r.detach()
@@ -209,202 +210,3 @@ def hapo_policy_loss(
             r = _ratio(logp.detach().to(dtype), old_logp.detach().to(dtype), mask != 0)  # [B, L]
             adv = redistribute_advantages(adv.detach().to(dtype), hd, r, eps_low, eps_high, beta)
     return policy_loss(logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)
-
-
-# ---------------------------------------------------------------- fused path (measured against the above)
-
-
-class _AttachGradient(torch.autograd.Function):
-    """`loss` (a scalar computed without autograd) as a function of `logp`: `d loss / d logp = coef * w`.
-
-    `coef [B, L]` is `d g / d logp` of the per-token gain (`A r` where no clip binds, else 0) and
-    `w` (0-dim, or `[B, 1]` for the seq-mean modes) is `d loss / d g` of the aggregation, so the
-    backward is one pass over `[B, L]` instead of autograd's chain through the clip, the masking
-    and the aggregation.
-    """
-
-    @staticmethod
-    def forward(ctx, logp: Tensor, loss: Tensor, coef: Tensor, w: Tensor) -> Tensor:  # -> []
-        ctx.save_for_backward(coef, w)
-        ctx.logp_dtype = logp.dtype
-        return loss.clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        coef, w = ctx.saved_tensors
-        grad = coef * (grad_out.to(w.dtype) * w)  # [B, L]
-        return grad.to(ctx.logp_dtype), None, None, None
-
-
-def _limit(eps: float | Tensor, sign: float, ref: Tensor) -> float | Tensor:
-    """1 + sign * eps as a float, or as a tensor on ref's device/dtype."""
-    if isinstance(eps, Tensor):
-        return (eps.detach().to(device=ref.device, dtype=ref.dtype) * sign).add_(1.0)
-    return 1.0 + sign * float(eps)
-
-
-def _clamp(x: Tensor, lo: float | Tensor, hi: float | Tensor, out: Tensor) -> Tensor:
-    """`min(max(x, lo), hi)` written to `out`, for float and/or tensor limits."""
-    if isinstance(lo, Tensor) != isinstance(hi, Tensor):
-        return torch.clamp_min(x, lo, out=out).clamp_max_(hi)
-    return torch.clamp(x, lo, hi, out=out)
-
-
-def _aggregate_gain(g: Tensor, counts: Tensor | None, n: Tensor, agg: str) -> tuple[Tensor, Tensor]:
-    """`(loss, w)` of the per-token gain `g [B, L]` (0 at padding): `loss = -aggregate(g)` (the
-    arithmetic of `_aggregate`) and `w = d loss / d g` (0-dim, or `[B, 1]` for the seq-mean modes).
-    `n`: valid tokens; `counts [B]`: valid tokens per sequence (needed by the seq-mean modes)."""
-    if agg == "token-mean":
-        denom = n.clamp_min(1.0)
-        return -(g.sum() / denom), torch.full_like(denom, -1.0) / denom
-    if agg == "seq-mean-token-sum-norm":
-        denom = float(max(g.numel(), 1))
-        return -(g.sum() / denom), torch.full((), -1.0 / denom, dtype=g.dtype, device=g.device)
-    seq = g.sum(-1)  # [B]
-    rows = (counts > 0).sum().clamp_min(1)  # [] sequences with a valid token
-    w = torch.full_like(counts, -1.0) / rows  # [B]
-    if agg == "seq-mean-token-mean":
-        counts = counts.clamp_min(1.0)
-        seq = seq / counts
-        w = w / counts
-    return -(seq.sum() / rows), w.unsqueeze(-1)
-
-
-def _loss_core(
-    fn: str,
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    eps_low: float | Tensor,
-    eps_high: float | Tensor,
-    clip_ratio_c: float | None,
-    agg: str,
-    h: Tensor | None = None,
-    alpha: float | None = None,
-    beta: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    _check_agg(fn, agg)
-    for name, t in (("logp", logp), ("old_logp", old_logp), ("adv", adv), ("mask", mask)):
-        check_tensor(fn, name, t)
-    check_same_shape(fn, logp=logp, old_logp=old_logp, adv=adv, mask=mask)
-    if logp.dim() != 2:
-        raise ValueError(f"{fn}: logp must be [B, L], got shape {tuple(logp.shape)}")
-    if not logp.dtype.is_floating_point:
-        raise ValueError(f"{fn}: logp must be a floating tensor, got {logp.dtype}")
-    if clip_ratio_c is not None and not float(clip_ratio_c) > 1.0:
-        raise ValueError(
-            f"{fn}: clip_ratio_c (dual clip c) must be > 1 (or None to disable), got {clip_ratio_c!r}"
-        )
-    _check_eps(fn, "eps_low", eps_low)
-    _check_eps(fn, "eps_high", eps_high)
-    c = None if clip_ratio_c is None else float(clip_ratio_c)
-
-    # The arithmetic below runs on five [B, L] float buffers (seven with AAC), in place where it
-    # can: on CPU a fresh [B, L] temporary costs about as much as the arithmetic on it (allocation,
-    # page faults), and comparisons are written as 0/1 floats (`torch.lt(..., out=float)`),
-    # several times cheaper there than bool tensors and `torch.where`.
-    with torch.no_grad():
-        dtype = float_dtype(logp, old_logp, adv)
-        mask_f = as_float_mask(mask, dtype)  # [B, L] 0/1 (a new tensor: reused as scratch below)
-        n = count_ones(mask_f)  # [] valid tokens
-        denom = n.clamp_min(1.0)
-        counts = None if agg in ("token-mean", "seq-mean-token-sum-norm") else mask_f.sum(-1)  # [B]
-        r = torch.sub(logp.detach().to(dtype), old_logp.detach().to(dtype))  # [B, L] log r
-        r.mul_(mask_f).clamp_(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp_()  # r, 1 at padding; never inf
-        a = torch.mul(adv.detach().to(dtype), mask_f)  # [B, L] A, 0 at padding
-        g1, g = torch.empty_like(r), torch.empty_like(r)  # [B, L] buffers
-        # ratio statistics over valid tokens (r > 0, so the zeros at padding never win; all 0 without tokens)
-        inv_min = torch.div(mask_f, r, out=g).amax()  # = 1 / (min valid r)
-        ratio_max = torch.mul(r, mask_f, out=g).amax()
-        ratio_mean = g.sum() / denom
-        t = mask_f  # the mask is folded into r and A: its buffer is the third scratch buffer from here on
-        del mask_f
-
-        hd = None if h is None else h.detach().to(dtype)
-        if hd is not None and alpha is not None:  # D: per-token limits 1 - eps_L', 1 + eps_R'
-            lo, hi = _clip_limits(hd, eps_low, eps_high, float(alpha))
-        else:
-            lo, hi = _limit(eps_low, -1.0, r), _limit(eps_high, 1.0, r)
-        if hd is not None and beta is not None:  # C: with the same (possibly widened) bounds, in place
-            _redistribute_(a, hd, r, lo, hi, float(beta), scratch=(g1, g))
-
-        # the gain g = -l = max(min(A r, A clip(r, lo, hi)), min(A c, 0)); 0 at padding (A = 0)
-        torch.mul(a, r, out=g1)  # [B, L] A r
-        _clamp(r, lo, hi, out=g).mul_(a)  # [B, L] A clip(r, lo, hi)
-        torch.minimum(g1, g, out=g)
-        if c is not None:
-            torch.mul(a, c, out=t).clamp_max_(0.0)  # [B, L] min(A c, 0): the dual clip binds only for A < 0
-            torch.maximum(g, t, out=g)
-        loss, w = _aggregate_gain(g, counts, n, agg)
-        coef = torch.eq(g, g1, out=t).mul_(g1)  # [B, L] d g / d logp: A r where no clip binds, else 0
-
-        # clip metrics, with g and g1 as scratch
-        neg = torch.lt(a, 0.0, out=g1)  # [B, L] A < 0 (padding has A = 0, so it is never counted)
-        left = torch.lt(r, lo, out=g).mul_(neg)  # [B, L] the lower clip binds
-        clipfrac_left = count_ones(left) / denom
-        token_clipped_left = left.bool()
-        if c is not None:
-            clipfrac_dual = count_ones(torch.gt(r, c, out=g).mul_(neg)) / denom  # the dual clip binds
-        else:
-            clipfrac_dual = torch.zeros((), dtype=dtype, device=r.device)
-        pos = torch.gt(a, 0.0, out=g1)  # [B, L] A > 0
-        right = torch.gt(r, hi, out=g).mul_(pos)  # [B, L] the upper clip binds
-        clipfrac_right = count_ones(right) / denom
-        token_clipped_right = right.bool()
-
-    loss = _AttachGradient.apply(logp, loss, coef, w)  # [] differentiable w.r.t. logp
-    with torch.no_grad():
-        metrics: dict[str, Tensor] = {
-            "loss": loss.detach(),
-            "clipfrac_left": clipfrac_left,
-            "clipfrac_right": clipfrac_right,
-            "clipfrac": clipfrac_left + clipfrac_right,
-            "clipfrac_dual": clipfrac_dual,
-            "ratio_mean": ratio_mean,
-            "ratio_max": ratio_max,
-            "ratio_min": torch.where(inv_min > 0, 1.0 / inv_min, 0.0),
-            "n_tokens": n,
-            "token_clipped_left": token_clipped_left,
-            "token_clipped_right": token_clipped_right,
-        }
-    return loss, metrics
-
-
-def _fused_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    eps_low: float | Tensor,
-    eps_high: float | Tensor,
-    clip_ratio_c: float | None = 10.0,
-    agg: str = "token-mean",
-) -> tuple[Tensor, dict[str, Tensor]]:
-    return _loss_core("policy_loss", logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)
-
-
-def _fused_hapo_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    h: Tensor,
-    eps_low: float | Tensor,
-    eps_high: float | Tensor,
-    alpha: float | None = 1.0,
-    beta: float | None = 1.0,
-    clip_ratio_c: float | None = 10.0,
-    agg: str = "token-mean",
-) -> tuple[Tensor, dict[str, Tensor]]:
-    fn = "hapo_policy_loss"
-    check_tensor(fn, "h", h)
-    check_same_shape(fn, logp=logp, h=h)
-    if alpha is not None:
-        _check_alpha(fn, alpha)
-    if beta is not None:
-        _check_beta(fn, beta)
-    return _loss_core(
-        fn, logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg, h=h, alpha=alpha, beta=beta
-    )
