@@ -7,7 +7,7 @@ formula line by line, and autograd gives the gradient.
 
 `policy_loss` is the DAPO/GRPO loss. `hapo_policy_loss` is `policy_loss` after HAPO's per-token
 components: D (AAC, `adaptive_clip_bounds`, `alpha`) widens the bounds, then C (DAR,
-`redistribute_advantages`, `beta`) reweights the advantages inside those bounds.
+`redistribute_advantages`, `beta`) reweights the advantages by the neutral zone of those bounds.
 """
 
 from __future__ import annotations
@@ -93,6 +93,17 @@ def _ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
     return torch.exp(torch.where(valid, logp - old_logp, 0.0).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
 
 
+def _bound(eps: float | Tensor, like: Tensor) -> Tensor:
+    """A clip bound (float, or tensor broadcastable to `[B, L]`) as a constant tensor like `like`.
+
+    `torch.clamp` takes tensor bounds or number bounds, not one of each; `torch.full` makes the
+    0-dim tensor on the device itself (no host-to-device copy, so no sync on accelerators).
+    """
+    if isinstance(eps, Tensor):
+        return eps.detach().to(dtype=like.dtype, device=like.device)
+    return torch.full((), float(eps), dtype=like.dtype, device=like.device)
+
+
 def _loss_metrics(
     loss: Tensor, r: Tensor, a: Tensor, valid: Tensor, lo: Tensor, hi: Tensor, c: float | None
 ) -> dict[str, Tensor]:
@@ -104,12 +115,13 @@ def _loss_metrics(
         left = valid & (a < 0) & (r < lo)  # [B, L] the lower clip binds
         right = valid & (a > 0) & (r > hi)  # [B, L] the upper clip binds
         dual = valid & (a < 0) & (r > c) if c is not None else torch.zeros_like(valid)  # the dual clip binds
+        clipfrac_left, clipfrac_right = left.sum() / denom, right.sum() / denom
         ratio_min = torch.where(valid, r, torch.inf).amin()
         return {
             "loss": loss.detach(),
-            "clipfrac_left": left.sum() / denom,
-            "clipfrac_right": right.sum() / denom,
-            "clipfrac": left.sum() / denom + right.sum() / denom,
+            "clipfrac_left": clipfrac_left,
+            "clipfrac_right": clipfrac_right,
+            "clipfrac": clipfrac_left + clipfrac_right,
             "clipfrac_dual": dual.sum() / denom,
             "ratio_mean": torch.where(valid, r, 0.0).sum() / denom,
             "ratio_max": torch.where(valid, r, 0.0).amax(),  # r > 0: the zeros at padding never win
@@ -142,7 +154,7 @@ def policy_loss(
     Values at masked positions (mask 0) never matter; they must be finite.
     As a numerical guard `logp - old_logp` is clamped to [-20, 20] before exp (so r cannot
     overflow to inf and A = 0 never meets r = inf); it only matters beyond r = e^20 = 4.9e8, where
-    every clip but the disabled dual clip already binds.
+    every clip but the disabled dual clip already binds (the gradient is 0 beyond it).
 
     "token-mean" is the mean over THIS call's valid tokens; to weight micro-batches consistently
     under gradient accumulation / data parallelism, scale the loss by
@@ -159,8 +171,8 @@ def policy_loss(
     dtype = float_dtype(logp, old_logp, adv)
     valid = mask != 0  # [B, L]
     a = torch.where(valid, adv.detach().to(dtype), 0.0)  # [B, L] A, 0 at padding
-    lo = 1.0 - torch.as_tensor(eps_low, dtype=dtype, device=a.device).detach()  # [] or [B, L] 1 - eps_L
-    hi = 1.0 + torch.as_tensor(eps_high, dtype=dtype, device=a.device).detach()  # [] or [B, L] 1 + eps_R
+    lo = 1.0 - _bound(eps_low, a)  # [] or [B, L] 1 - eps_L
+    hi = 1.0 + _bound(eps_high, a)  # [] or [B, L] 1 + eps_R
     r = _ratio(logp.to(dtype), old_logp.detach().to(dtype), valid)  # [B, L] the importance ratio
     l1 = -a * r  # [B, L]
     l2 = -a * torch.clamp(r, lo, hi)  # [B, L]
