@@ -119,8 +119,9 @@ class Updater:
 
     def _minibatch(self, b: StepBatch, rows: torch.Tensor, fresh: bool, diag: UpdateDiagnostics, step: int):
         """Forward/backward every micro-batch of one mini-batch; -> whether every loss was finite."""
-        denom_tok = self.dist.sum(b.mask[rows].sum().detach()).clamp(min=1.0)  # global tokens in the mini-batch
-        denom_seq = self.dist.sum(torch.tensor(float(len(rows)), device=self.device))
+        mb_mask = b.mask[rows]
+        denom_tok = self.dist.sum(mb_mask.sum().detach()).clamp(min=1.0)  # global tokens in the mini-batch
+        denom_seq = self.dist.sum(_seq_count(mb_mask, self.a.loss_agg)).clamp(min=1.0)  # global sequences the agg counts
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         micro = self._slices(len(rows))
         for k, sl in enumerate(micro):
@@ -150,7 +151,7 @@ class Updater:
             h = b.h[r]
         adv = b.adv[r]
         loss, m = self.obj.loss(logp, old, adv, mask, h)
-        weight = mask.sum() / denom_tok if a.loss_agg == "token-mean" else len(r) / denom_seq
+        weight = mask.sum() / denom_tok if a.loss_agg == "token-mean" else _seq_count(mask, a.loss_agg) / denom_seq
         total = loss * weight * world
         if self.nan_step == step:
             total = total * float("nan")
@@ -183,3 +184,11 @@ class Updater:
         if clip and clip > 0:
             return float(self.accelerator.clip_grad_norm_(self.scorer.parameters(), clip))
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+def _seq_count(mask: torch.Tensor, agg: str) -> torch.Tensor:
+    """How many sequences a seq-mean aggregation divides by: those with a valid token (seq-mean-token-mean,
+    seq-mean-token-sum, as algo's aggregate_loss), or every row (seq-mean-token-sum-norm's constant B * L)."""
+    if agg == "seq-mean-token-sum-norm":
+        return torch.tensor(float(mask.shape[0]), device=mask.device, dtype=mask.dtype)
+    return (mask.sum(-1) > 0).sum().to(mask.dtype)
