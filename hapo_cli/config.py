@@ -55,6 +55,7 @@ class AlgorithmConfig:
     stats_scope: str = "batch"  # batch (old-policy stats, fixed per step) or microbatch (released code)
     temperature_tau: float = 0.05  # A: T = T_base * (1 + tau * h)
     tlga_fallback_threshold: Optional[float] = 5.0  # B: GRPO fallback when any |A| reaches this (null: off)
+    tlga_fallback_padded: bool = False  # B: the fallback test also sees padded positions (reward 0), as the released code does
     adv_beta: float = 1.0  # C: A_e = A * (1 + beta * h)
     clip_alpha: float = 1.0  # D: bound widening strength
     clip_ratio_low: float = 0.2  # eps_L, left clip bound (ratio >= 1 - eps_L)
@@ -82,7 +83,8 @@ class AlgorithmConfig:
 
         return build_objective(
             self.letters(), advantage=self.advantage, norm_by_std=self.norm_by_std,
-            tlga_fallback_threshold=self.tlga_fallback_threshold, entropy_mode=self.entropy_mode,
+            tlga_fallback_threshold=self.tlga_fallback_threshold, tlga_fallback_padded=self.tlga_fallback_padded,
+            entropy_mode=self.entropy_mode,
             entropy_pivot=self.entropy_pivot, stats_scope=self.stats_scope, temperature_tau=self.temperature_tau,
             adv_beta=self.adv_beta, clip_alpha=self.clip_alpha, clip_ratio_low=self.clip_ratio_low,
             clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.clip_ratio_c, loss_agg=self.loss_agg)

@@ -112,12 +112,14 @@ def build_objective(
     advantage: str | None = None,
     norm_by_std: bool = True,
     tlga_fallback_threshold: float | None = 5.0,
+    tlga_fallback_padded: bool = False,
     **hyper: Any,
 ) -> Objective:
     """An Objective from enabled letters (e.g. "ABCD") and the spec's hyperparameters.
 
     `advantage=None` picks "tlga" when B is on, else "grpo"; the estimator's options are
-    `norm_by_std` (grpo) or `tlga_fallback_threshold` (tlga); a custom estimator gets none.
+    `norm_by_std` (grpo) or `tlga_fallback_threshold` / `tlga_fallback_padded` (tlga); a custom
+    estimator gets none.
     `hyper` are the remaining `Objective` fields (entropy_mode, clip_ratio_low, ...).
     """
     letters = frozenset(components)
@@ -130,5 +132,5 @@ def build_objective(
     if name == "grpo":
         options = {"norm_by_std": norm_by_std}
     elif name == "tlga":
-        options = {"fallback_threshold": tlga_fallback_threshold}
+        options = {"fallback_threshold": tlga_fallback_threshold, "fallback_counts_padding": tlga_fallback_padded}
     return Objective(components=letters, advantage=name, advantage_options=options, **hyper)
