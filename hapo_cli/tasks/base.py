@@ -47,6 +47,7 @@ class Task:
     def __init__(self, prompt: PromptFormat, source: str = ""):
         self.prompt = prompt
         self.source = source
+        self.data_stats: dict = {}  # e.g. {"rows_read", "duplicates_dropped", "rows"} of a table (run metadata)
 
     def prompt_ids(self, tokenizer, question: str) -> list[int]:
         return self.prompt.ids(tokenizer, question)

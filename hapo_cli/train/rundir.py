@@ -50,7 +50,7 @@ def _free(key: str, allowed: list[str]) -> bool:
 class RunDir:
     """The run directory of this process (main rank): path, lock, whether we created it."""
 
-    def __init__(self, cfg, raw_cfg, argv: list[str], main: bool):
+    def __init__(self, cfg, raw_cfg, argv: list[str], main: bool, meta: dict | None = None):
         self.cfg, self.main = cfg, main
         self.path = self._path(cfg)
         self.created = False
@@ -71,7 +71,7 @@ class RunDir:
         from omegaconf import OmegaConf
 
         atomic_write_text(self.path / CONFIG_FILE, OmegaConf.to_yaml(raw_cfg))
-        write_meta(self.path, argv)
+        write_meta(self.path, argv, **(meta or {}))
 
     @staticmethod
     def _path(cfg) -> Path:
