@@ -85,12 +85,18 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
+        for p in tmp.rglob("*"):  # libraries write some files 0600: give them what the umask allows
+            if p.is_file():
+                os.chmod(p, 0o666 & permissions_of_new_dir())
         atomic_write_json(tmp / MANIFEST, _manifest(tmp))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except (OSError, RuntimeError) as err:
-        if not _no_space(err):
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.exists() else 0
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not _no_space(err, ckpt_root, written):
             raise
         raise HapoError(f"no space left on the device writing checkpoint {final} ({free_space(ckpt_root)} free): "
                         f"the previous checkpoint and all finished metrics are intact; free space, then resume") from None
@@ -104,14 +110,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
     return final
 
 
-def _no_space(err: BaseException | None) -> bool:
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+def _no_space(err: BaseException | None, where: Path, written: int) -> bool:
+    """Whether a failed save ran out of disk: ENOSPC in the error chain, or a write failure (torch's
+    stream writer hides the errno) while the device has less room left than this save had written."""
+    chain = err
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left" in str(err) or "file write failed" in str(err) or "failed writing" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+        chain = chain.__cause__ or chain.__context__
+    text = str(err)
+    write_failed = any(m in text for m in ("No space left", "unexpected pos", "file write failed", "failed writing"))
+    return write_failed and shutil.disk_usage(where).free < max(written, 64 << 20)
 
 
 def latest_checkpoint(run_dir: Path, warn=None) -> Path | None:

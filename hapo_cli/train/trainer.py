@@ -20,6 +20,7 @@ Distributed with accelerate: every rank generates and scores its own whole group
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
@@ -297,10 +298,12 @@ class Trainer:
                        f"gradient); training stops after trainer.max_skipped_steps={self.cfg.trainer.max_skipped_steps} "
                        "such steps in a row", file=sys.stderr)
             self.history["warned_skip"] = True
-        self.skipped_run = self.skipped_run + 1 if updates and skipped == updates else 0
+        if "step/skipped_no_informative_groups" not in m:  # a step without a batch neither counts nor resets
+            broken = (updates and skipped == updates) or not math.isfinite(m.get("train/entropy", 0.0))
+            self.skipped_run = self.skipped_run + 1 if broken else 0
         limit = self.cfg.trainer.max_skipped_steps
         if limit and self.skipped_run >= limit:
-            raise HapoError(f"stopped at step {self.step}: every update of the last {limit} steps was non-finite "
+            raise HapoError(f"stopped at step {self.step}: the last {limit} steps had only non-finite updates or entropies "
                             f"(the model no longer trains; try a lower trainer.lr); metrics are in {self.run_dir}")
 
     def fit(self) -> dict[str, Any]:
@@ -313,18 +316,18 @@ class Trainer:
             self.history["val"]["0"] = v
             self.log({"step": 0, **v})
         bar = console.progress_bar(self.cfg, self.step) if self.dist.main else None
-        with StopSignals(self._abandon_message) as stop:
-            while self.step < t.total_steps:
-                self._one_step(bar)
-                if self._stop_requested(stop):
-                    if self.step != t.total_steps and not (t.save_every and self.step % t.save_every == 0):
-                        self._save()
-                    if bar is not None:
-                        bar.close()
-                    raise Interrupted(f"interrupted after step {self.step}: checkpoint saved in {self.run_dir}/checkpoints; "
-                                      f"resume with: {self.resume_command()}", stop.exit_code)
-        if bar is not None:
-            bar.close()
+        try:
+            with StopSignals(self._abandon_message) as stop:
+                while self.step < t.total_steps:
+                    self._one_step(bar)
+                    if self._stop_requested(stop):
+                        if self.step != t.total_steps and not (t.save_every and self.step % t.save_every == 0):
+                            self._save()
+                        raise Interrupted(f"interrupted after step {self.step}: checkpoint saved in {self.run_dir}/checkpoints; "
+                                          f"resume with: {self.resume_command()}", stop.exit_code)
+        finally:
+            if bar is not None:
+                bar.close()  # before any error line, so that line is the last one
         if self.dist.world > 1:
             self.history["dist_param_max_rank_diff"] = self.dist.weight_difference(self.model)
         summary = self._summary(time.time() - self.t_start)
