@@ -203,6 +203,7 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_model_dir, tmp_path):
     recs = read_metrics(run)
     assert [r["step"] for r in recs] == [0, 1, 2]
     trained = [r for r in recs if "train/reward" in r]
-    assert trained and all(r["actor/updates"] == 2.0 for r in trained)
-    # each rank takes 2 of the 4 prompts a step; the logged group count is the per-rank mean
-    assert all(r["rollout/groups_used"] == 2.0 for r in trained)
+    # each rank takes up to 2 of the 4 prompts a step (dynamic sampling may find fewer); one group per
+    # rank per mini-batch, so every group used is one update on every rank (the logged counts are means)
+    assert trained and all(1.0 <= r["rollout/groups_used"] <= 2.0 for r in trained)
+    assert all(r["actor/updates"] == r["rollout/groups_used"] for r in trained)
