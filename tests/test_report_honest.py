@@ -127,3 +127,13 @@ def test_clip_plot_legend_is_outside_the_axes_and_title_says_one_seed(tmp_path):
     fig = clip_by_entropy_figure(collect([tmp_path]))
     assert fig.axes[0].get_title().endswith("(mean over steps and seeds)")
     plt.close(fig)
+
+
+def test_default_run_folder_names_carry_the_components(tmp_path):
+    from hapo_cli.runs.rundir import default_run_dir
+
+    name = default_run_dir(str(tmp_path), None, "dapo", "synthetic", "B").name
+    assert name.startswith("dapo+B-synthetic-") and len(name) == len("dapo+B-synthetic-20250101-120000")
+    assert default_run_dir(str(tmp_path), None, "hapo", "data/train.parquet", "ABCD").name.startswith("hapo-train-")
+    assert default_run_dir(str(tmp_path), None, "dapo", "synthetic").name.startswith("dapo-synthetic-")
+    assert default_run_dir(str(tmp_path), "mine", "dapo", "synthetic", "AB") == tmp_path / "mine"

@@ -26,6 +26,7 @@ from typing import Any
 from hapo_cli.errors import HapoError
 from hapo_cli.runs import sweep as st
 from hapo_cli.runs.files import read_jsonl
+from hapo_cli.runs.rundir import run_label
 
 # validation keys that go into tables: avg@n, pass@k (k > 1: pass@1 equals avg@n), maj@n
 _TABLE_KEY = re.compile(r"^val/(avg|pass|maj)@(\d+)$")
@@ -159,14 +160,6 @@ def _fingerprint(config: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in _IGNORED_FOR_GROUPING}, sort_keys=True, default=str)
 
 
-def _label(algo: str | None, comps: list[str] | None) -> str:
-    """`dapo`, `dapo+B`, `hapo` (all four components are what HAPO is), `?` when unknown."""
-    name = algo or "?"
-    if not comps or (name == "hapo" and comps == ["A", "B", "C", "D"]):
-        return name
-    return "+".join([name, *comps])
-
-
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -223,7 +216,7 @@ def load_runs(run_dirs: list[Path]) -> Collection:
         if key not in groups:
             comps = _components_of(cfg) if cfg else None
             algo_name = (cfg.get("algorithm") or {}).get("name")
-            name = _label(algo_name, comps) if cfg else rd.name
+            name = run_label(algo_name or "?", "".join(comps or [])) if cfg else rd.name
             groups[key] = VariantData(name, comps, algo_name == "dapo" and comps == [])
             configs[key] = _flat(cfg)
         groups[key].runs.append(run)
