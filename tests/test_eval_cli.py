@@ -88,3 +88,53 @@ def test_eval_help_lists_every_option(cli):
     for opt in ("--bench", "--model", "--n", "--temperature", "--top-p", "--max-new-tokens", "--out", "--limit",
                 "--prompt", "--engine", "--wandb"):
         assert opt in res.stdout
+
+
+# ---- fail fast (issue 17): every check that needs no model runs before one loads
+
+
+def _fast_one_line(res, message):
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="asserts a machine without CUDA")
+def test_eval_device_cuda_without_cuda_is_one_line(cli, tmp_path):
+    res = cli("eval", "--bench", "synthetic", "--device", "cuda", "--out", str(tmp_path / "o"), timeout=120)
+    _fast_one_line(res, "error: --device=cuda but this machine has no CUDA device (torch sees none): use --device=cpu")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_eval_vllm_missing_is_one_line(cli, tmp_path):
+    res = cli("eval", "--bench", "synthetic", "--engine", "vllm", "--out", str(tmp_path / "o"), timeout=120)
+    _fast_one_line(res, "error: --engine=vllm but vLLM is not installed: pip install 'hapo[vllm]'")
+
+
+def test_eval_out_that_is_a_file_is_one_line(cli, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    res = cli("eval", "--bench", "synthetic", "--out", str(f), timeout=120)
+    _fast_one_line(res, f"error: --out '{f}' is a file, not a folder: give a folder path")
+
+
+def test_eval_other_settings_are_refused_before_the_model_loads(cli, tmp_path):
+    out = tmp_path / "o"
+    (out / "synthetic").mkdir(parents=True)
+    (out / "synthetic" / "eval_config.json").write_text(json.dumps({"bench": "synthetic", "n": 4}))
+    res = cli("eval", "--bench", "synthetic", "--out", str(out), "--model", str(tmp_path / "no-model"), timeout=120)
+    # the settings are compared first: the missing model folder is never reached
+    _fast_one_line(res, f"error: {out / 'synthetic'} holds results for other settings (n: 4 -> 8)")
+
+
+def test_eval_hub_model_offline_is_one_line_at_once(cli, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    res = cli("eval", "--bench", "synthetic", "--model", "Qwen/Qwen2.5-Math-1.5B", "--out", str(tmp_path / "o"),
+              env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}, timeout=120)
+    _fast_one_line(res, "error: model 'Qwen/Qwen2.5-Math-1.5B' is not in the local cache and HF_HUB_OFFLINE is set")
+    assert time.perf_counter() - t0 < 60  # the interpreter's start-up; no Hub retries
+    assert not (tmp_path / "o").exists()
