@@ -107,6 +107,7 @@ class VariantData:
     reference: float | None = None  # number to show beside (e.g. the paper's)
     runs: list[RunData] = field(default_factory=list)
     group: str = ""  # the sweep it belongs to ("" for loose runs): deltas compare within a group
+    paper: dict[str, dict[str, float]] | None = None  # the paper's numbers {model id: {bench or avg: %}}
 
     @property
     def finished(self) -> list[RunData]:
@@ -130,8 +131,10 @@ def load_sweep(sweep_dir: Path, prefix: str = "") -> Collection:
     state = st.load_state(sweep_dir)
     if state is None:
         raise HapoError(f"{sweep_dir} is not a sweep folder (no {st.STATE_FILE})")
-    variants = {v["name"]: VariantData(prefix + v["name"], list(v["components"]), not v["components"],
-                                       v.get("reference"), group=str(sweep_dir)) for v in state["variants"]}
+    variants = {v["name"]: VariantData(prefix + v["name"], list(v["components"]),
+                                       not v["components"] and v.get("algorithm", "dapo") == "dapo",
+                                       v.get("reference"), group=str(sweep_dir), paper=v.get("paper"))
+                for v in state["variants"]}
     for r in state["runs"]:
         rd = Path(sweep_dir) / r["id"]
         files = st.run_files_status(rd)

@@ -33,8 +33,11 @@ def report_command(
       training_dynamics.png  the six training curves on one page
       clip_by_entropy.png    which tokens hit which clip bound (h <= 0 vs h > 0)
       token_entropy.png      token entropy of correct vs wrong responses (saved rollouts)
+      paper.png              with `hapo eval --runs` results: accuracy per benchmark, one bar a method
     Tables: results.md (printed), results.csv (one line a variant), runs.csv (one line a run);
-    the same table as `hapo ablate` prints for a sweep.
+    the same table as `hapo ablate` prints for a sweep. With `hapo eval --runs` results: paper.md
+    (printed) and paper.csv, the paper's main-table layout (one row a method, one column a
+    benchmark plus the average, Δ vs DAPO, the paper's number beside ours).
     """
     from hapo_cli.errors import HapoError
     from hapo_cli.report.collect import collect
@@ -49,6 +52,12 @@ def report_command(
     md = write_tables(col, out_dir)
     typer.echo(md)
     written = [out_dir / "results.md", out_dir / "results.csv", out_dir / "runs.csv"]
+    from hapo_cli.report.paper import write_paper_table
+
+    paper_md, paper_files = write_paper_table(col, out_dir, plots=not no_plots)
+    if paper_md:
+        typer.echo("\n" + paper_md)
+        written += paper_files
     if not no_plots:
         from hapo_cli.report.plots import all_plots
 
