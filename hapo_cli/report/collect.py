@@ -6,7 +6,7 @@ A path given to `hapo report` (or a sweep's own folder) is one of:
   * a folder of those (one level down, e.g. runs/ or runs/sweeps/).
 Loose runs are grouped as seeds of one variant when their resolved configs differ only in seed,
 run folder and logger settings. A group is labelled by its algorithm and components (`dapo+B`,
-`hapo`), plus the settings that tell two groups of the same label apart (`hapo, trainer.lr=1e-05`).
+`hapo`; by its folder name when the config names no algorithm), plus the settings that tell two groups of the same label apart (`hapo, trainer.lr=1e-05`).
 Two runs of one group with the SAME seed are a rerun, not spread: the newer finished one is kept
 and the other is listed (`Collection.notes`). A folder that never trained (no metrics.jsonl
 record: a stub from a failed start) is left out and listed as well.
@@ -219,12 +219,14 @@ def load_runs(run_dirs: list[Path]) -> Collection:
         if key not in groups:
             comps = _components_of(cfg) if cfg else None
             algo_name = (cfg.get("algorithm") or {}).get("name")
-            name = run_label(algo_name or "?", "".join(comps or [])) if cfg else rd.name
+            name = run_label(algo_name, "".join(comps or [])) if algo_name else ""  # "": by folder, below
             groups[key] = VariantData(name, comps, algo_name == "dapo" and comps == [])
             configs[key] = _flat(cfg)
         groups[key].runs.append(run)
     for v in groups.values():
         _drop_duplicate_seeds(v, notes)
+        if not v.name:  # no algorithm in the config: the folder name (without -seedN for seeds)
+            v.name = (re.sub(r"[-_]?seed\d+$", "", v.runs[0].id) or v.runs[0].id) if len(v.runs) > 1 else v.runs[0].id
     by_label: dict[str, list[str]] = {}
     for key, v in groups.items():
         by_label.setdefault(v.name, []).append(key)
