@@ -138,3 +138,29 @@ def test_eval_hub_model_offline_is_one_line_at_once(cli, tmp_path):
     _fast_one_line(res, "error: model 'Qwen/Qwen2.5-Math-1.5B' is not in the local cache and HF_HUB_OFFLINE is set")
     assert time.perf_counter() - t0 < 60  # the interpreter's start-up; no Hub retries
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_checkpoint_final_and_best_are_picked_from_the_run_files(tmp_path):
+    from hapo_cli.evaluate.command import find_runs, pick_checkpoint
+
+    run = tmp_path / "sw" / "DAPO-seed0"
+    for step in (2, 4, 6):
+        (run / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step_{step:06d}" / "config.json").write_text("{}")
+    (run / "checkpoints" / "LATEST").write_text("step_000006\n")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "summary.json").write_text(json.dumps({"val_metric": "val/avg@2"}))
+    recs = [{"step": 0, "val/avg@2": 0.1}, {"step": 2, "val/avg@2": 0.5}, {"step": 4, "val/avg@2": 0.75},
+            {"step": 5, "val/avg@2": 0.9}, {"step": 6, "val/avg@2": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert pick_checkpoint(run, "final") == (run / "checkpoints" / "step_000006", "")
+    # step 5 validated best but has no checkpoint: the best step that has one
+    assert pick_checkpoint(run, "best") == (run / "checkpoints" / "step_000004", "")
+    stub = tmp_path / "sw" / "DAPO-seed1"
+    stub.mkdir()
+    (stub / "config.yaml").write_text("seed: 1\n")
+    assert pick_checkpoint(stub, "final")[0] is None
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"runs": [{"id": "DAPO-seed0"}, {"id": "DAPO-seed1"}],
+                                                           "variants": []}))
+    assert find_runs(str(tmp_path / "sw")) == [run, stub]
+    assert find_runs(str(tmp_path)) == [run, stub]  # a folder of sweeps
