@@ -299,7 +299,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config,
     """Compose conf/config.yaml with `overrides`, validate, return (typed Config, DictConfig)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, ValidationError
 
@@ -311,6 +311,8 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config,
             raw = compose(config_name="config", overrides=overrides)
     except (MissingConfigException, ConfigCompositionException) as err:
         raise HapoError(_composition_message(err, overrides)) from None
+    except OverrideParseException as err:
+        raise HapoError(parse_error_message(err, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -328,6 +330,18 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config,
     cfg: Config = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg, merged
+
+
+def parse_error_message(err: Exception, overrides: list[str]) -> str:
+    """A Hydra override that does not parse (braces, spaces, commas, quotes): say how to quote it."""
+    bad = next((o for o in overrides if any(c in o.partition("=")[2] for c in "{}[](),' \"$=:")), None)
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if bad is None:
+        return f"cannot parse the overrides ({first}); see `hapo train --help`"
+    key, _, value = bad.partition("=")
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    return (f"cannot parse {bad!r} ({first}): quote the value for Hydra, and the whole argument for the shell: "
+            f"\"{key}='{quoted}'\"")
 
 
 def _composition_message(err: Exception, overrides: list[str]) -> str:

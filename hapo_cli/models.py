@@ -7,7 +7,9 @@ Aliases such as `tiny` (the built-in model of the synthetic task) are resolved b
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -70,3 +72,70 @@ def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_TRUE = ("1", "ON", "YES", "TRUE")
+_PROBE: dict[tuple[str, int], bool] = {}  # (host, port) -> reachable, probed once per process
+
+
+def hub_offline_by_env() -> str | None:
+    """The offline variable that is set (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), else None."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").upper() in _TRUE:
+            return var
+    return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint ($HF_ENDPOINT) accepts a TCP connection: one short probe,
+    remembered for the process (False at once when an offline variable is set)."""
+    if hub_offline_by_env():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    key = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    if key not in _PROBE:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                _PROBE[key] = True
+        except OSError:
+            _PROBE[key] = False
+    return _PROBE[key]
+
+
+def _cached_on_disk(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an unusual cache layout: let from_pretrained decide
+        return False
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub / transformers skip the network (no retries) for the rest of the process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hc
+
+        hc.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def ensure_reachable(name_or_path: str, timeout: float = 3.0) -> str:
+    """Check, before any model loads, that `name_or_path` can be had: a local folder must exist
+    with config.json; a Hub id must be in the local cache or the Hub must answer one short probe.
+    Offline with a cached model, switches to offline mode (no retries). Returns the resolved path
+    or id; one HapoError line otherwise."""
+    path = resolve_model_path(name_or_path)
+    if is_local_path(name_or_path):
+        return path
+    if _cached_on_disk(path):
+        if not hub_reachable(timeout):
+            _go_offline()
+        return path
+    if not hub_reachable(timeout):
+        why = f"{hub_offline_by_env()} is set" if hub_offline_by_env() else "the Hugging Face Hub is unreachable"
+        raise HapoError(f"model {name_or_path!r} is not in the local cache and {why} (offline): download it where "
+                        "there is network (huggingface-cli download ...) and give the local folder instead")
+    return path

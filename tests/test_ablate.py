@@ -281,15 +281,15 @@ def test_table_numbers_are_the_runs_metrics(sweep):
     md = (sdir / "results.md").read_text()
     assert md in sweep["second"].stdout  # printed too
     lines = md.splitlines()
-    assert lines[0] == "| variant | components | seeds | avg@2 (%) | pass@2 (%) | maj@2 (%) | Δ avg@2 vs DAPO |"
+    assert lines[0] == "| variant | components | seeds | step | avg@2 (%) | pass@2 (%) | maj@2 (%) | Δ avg@2 vs DAPO |"
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:6]]
     assert [r[0] for r in rows] == ["DAPO", "DAPO+A", "DAPO+B", "DAPO+A+B"]
     base = want["DAPO"]["avg@2"]
     for r in rows:
         w = want[r[0]]
-        assert r[1] == ("+".join(r[0].split("+")[1:]) or "-") and r[2] == "1"
-        assert r[3:6] == [f"{100 * w[k]:.2f} ± -" for k in ("avg@2", "pass@2", "maj@2")]
-        assert r[6] == ("(baseline)" if r[0] == "DAPO" else f"{100 * (w['avg@2'] - base):+.2f}")
+        assert r[1] == ("+".join(r[0].split("+")[1:]) or "-") and r[2] == "1" and r[3] == "3"  # the last step
+        assert r[4:7] == [f"{100 * w[k]:.2f} ± -" for k in ("avg@2", "pass@2", "maj@2")]
+        assert r[7] == ("(baseline)" if r[0] == "DAPO" else f"{100 * (w['avg@2'] - base):+.2f}")
     assert lines[6] == ""
     with open(sdir / "results.csv") as f:
         got = list(csv.DictReader(f))
@@ -362,9 +362,9 @@ def test_failed_run_is_listed_and_the_exit_code_is_non_zero(tiny_model_dir, tmp_
     md = (sdir / "results.md").read_text()
     assert md in res.stdout
     assert f"Failed runs:\n- broken-seed0 (exit 2): {error}" in md
-    assert "| broken | A | 0/1 | - | - | - | - |" in md
+    assert "| broken | A | 0/1 | - | - | - | - | - |" in md
     dapo = [r for r in read_metrics(sdir / "DAPO-seed0") if "val/avg@2" in r][-1]["val/avg@2"]
-    assert f"| DAPO | - | 1 | {100 * dapo:.2f} ± - |" in md
+    assert f"| DAPO | - | 1 | 1 | {100 * dapo:.2f} ± - |" in md
     state = json.loads((sdir / "sweep.json").read_text())
     assert [(r["status"], r["returncode"]) for r in state["runs"]] == [("failed", 2), ("done", 0)]
     assert state["runs"][0]["error"].startswith(error) and state["runs"][1]["error"] is None

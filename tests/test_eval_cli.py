@@ -88,3 +88,79 @@ def test_eval_help_lists_every_option(cli):
     for opt in ("--bench", "--model", "--n", "--temperature", "--top-p", "--max-new-tokens", "--out", "--limit",
                 "--prompt", "--engine", "--wandb"):
         assert opt in res.stdout
+
+
+# ---- fail fast (issue 17): every check that needs no model runs before one loads
+
+
+def _fast_one_line(res, message):
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="asserts a machine without CUDA")
+def test_eval_device_cuda_without_cuda_is_one_line(cli, tmp_path):
+    res = cli("eval", "--bench", "synthetic", "--device", "cuda", "--out", str(tmp_path / "o"), timeout=120)
+    _fast_one_line(res, "error: --device=cuda but this machine has no CUDA device (torch sees none): use --device=cpu")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_eval_vllm_missing_is_one_line(cli, tmp_path):
+    res = cli("eval", "--bench", "synthetic", "--engine", "vllm", "--out", str(tmp_path / "o"), timeout=120)
+    _fast_one_line(res, "error: --engine=vllm but vLLM is not installed: pip install 'hapo[vllm]'")
+
+
+def test_eval_out_that_is_a_file_is_one_line(cli, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    res = cli("eval", "--bench", "synthetic", "--out", str(f), timeout=120)
+    _fast_one_line(res, f"error: --out '{f}' is a file, not a folder: give a folder path")
+
+
+def test_eval_other_settings_are_refused_before_the_model_loads(cli, tmp_path):
+    out = tmp_path / "o"
+    (out / "synthetic").mkdir(parents=True)
+    (out / "synthetic" / "eval_config.json").write_text(json.dumps({"bench": "synthetic", "n": 4}))
+    res = cli("eval", "--bench", "synthetic", "--out", str(out), "--model", str(tmp_path / "no-model"), timeout=120)
+    # the settings are compared first: the missing model folder is never reached
+    _fast_one_line(res, f"error: {out / 'synthetic'} holds results for other settings (n: 4 -> 8)")
+
+
+def test_eval_hub_model_offline_is_one_line_at_once(cli, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    res = cli("eval", "--bench", "synthetic", "--model", "Qwen/Qwen2.5-Math-1.5B", "--out", str(tmp_path / "o"),
+              env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}, timeout=120)
+    _fast_one_line(res, "error: model 'Qwen/Qwen2.5-Math-1.5B' is not in the local cache and HF_HUB_OFFLINE is set")
+    assert time.perf_counter() - t0 < 60  # the interpreter's start-up; no Hub retries
+    assert not (tmp_path / "o").exists()
+
+
+def test_runs_checkpoint_final_and_best_are_picked_from_the_run_files(tmp_path):
+    from hapo_cli.evaluate.command import find_runs, pick_checkpoint
+
+    run = tmp_path / "sw" / "DAPO-seed0"
+    for step in (2, 4, 6):
+        (run / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step_{step:06d}" / "config.json").write_text("{}")
+    (run / "checkpoints" / "LATEST").write_text("step_000006\n")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "summary.json").write_text(json.dumps({"val_metric": "val/avg@2"}))
+    recs = [{"step": 0, "val/avg@2": 0.1}, {"step": 2, "val/avg@2": 0.5}, {"step": 4, "val/avg@2": 0.75},
+            {"step": 5, "val/avg@2": 0.9}, {"step": 6, "val/avg@2": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert pick_checkpoint(run, "final") == (run / "checkpoints" / "step_000006", "")
+    # step 5 validated best but has no checkpoint: the best step that has one
+    assert pick_checkpoint(run, "best") == (run / "checkpoints" / "step_000004", "")
+    stub = tmp_path / "sw" / "DAPO-seed1"
+    stub.mkdir()
+    (stub / "config.yaml").write_text("seed: 1\n")
+    assert pick_checkpoint(stub, "final")[0] is None
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"runs": [{"id": "DAPO-seed0"}, {"id": "DAPO-seed1"}],
+                                                           "variants": []}))
+    assert find_runs(str(tmp_path / "sw")) == [run, stub]
+    assert find_runs(str(tmp_path)) == [run, stub]  # a folder of sweeps

@@ -18,7 +18,7 @@ import hapo_cli
 
 PKG = Path(hapo_cli.__file__).parent
 FLOORS = [["cli"], ["sweep"], ["train", "report"], ["evaluate"], ["tasks", "rollout"], ["data"], ["rewards"],
-          ["runs", "models", "config", "seeds"], ["algo"]]
+          ["preflight"], ["runs", "models", "config", "seeds"], ["algo"]]
 FLOOR = {unit: i for i, units in enumerate(FLOORS) for unit in units}
 ANYONE = {"errors", "__init__"}
 

@@ -31,9 +31,14 @@ CASES = [
     ("sweep-seeds", [], ["hapo ablate --components A,B,C,D --mode single --include-baseline --seeds 3"]),
     ("sweep-seeds", ["SEEDS=5", "OVERRIDES=logger=none"],
      ["hapo ablate --components A,B,C,D --mode single --include-baseline --seeds 5 logger=none"]),
-    ("eval-all", [], [f"hapo eval --bench {BENCHES} --model tiny"]),
+    ("eval-all", ["MODEL=tiny"], [f"hapo eval --bench {BENCHES} --model tiny"]),
     ("eval-all", ["MODEL=runs/x/checkpoints/step_000060", "OVERRIDES=n=4"],
      [f"hapo eval --bench {BENCHES} --model runs/x/checkpoints/step_000060 n=4"]),
+    ("paper-table", ["MODEL=qwen2.5-math-7b", "EXP=hapo_qwen2.5_math_7b", "SEEDS=3"],
+     ["hapo ablate --spec ablations/paper_main.yaml --seeds 3 --sweep-dir runs/sweeps/paper_main-hapo_qwen2.5_math_7b-"
+      "qwen2.5-math-7b model=qwen2.5-math-7b experiment=hapo_qwen2.5_math_7b",
+      f"hapo eval --runs runs/sweeps/paper_main-hapo_qwen2.5_math_7b-qwen2.5-math-7b --bench {BENCHES}",
+      "hapo report runs/sweeps/paper_main-hapo_qwen2.5_math_7b-qwen2.5-math-7b"]),
     ("report", [], ["hapo report runs/sweeps"]),
     ("report", ["SWEEP=runs/sweeps/paper"], ["hapo report runs/sweeps/paper"]),
     ("analyze", ["SWEEP=runs/hapo-x"], ["hapo analyze runs/hapo-x"]),
@@ -53,13 +58,20 @@ def test_make_n_shows_the_documented_command(target, variables, expect):
     assert make_n(target, variables) == expect
 
 
+def test_eval_all_requires_model():
+    res = subprocess.run(["make", "-n", "--no-print-directory", "eval-all"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2
+    assert "make eval-all needs MODEL=: a checkpoint folder, a Hub id, or tiny (the built-in model)" in res.stderr
+
+
 def test_every_documented_target_is_tested():
     text = (REPO / "Makefile").read_text()
     documented = re.findall(r"^([a-z][a-z0-9-]*):[^\n]*##", text, flags=re.M)
     tested = {c[0] for c in CASES}
     assert tested <= set(documented)
     assert {"install", "test", "demo", "baseline", "hapo", "ablate-paper", "ablate-loo", "sweep-seeds", "eval-all",
-            "report"} <= set(documented)
+            "paper-table", "report"} <= set(documented)
 
 
 def test_the_commands_parse_with_the_real_cli_options():

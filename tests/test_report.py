@@ -69,23 +69,28 @@ def runs(tmp_path) -> Path:
 def test_loose_runs_group_by_config_and_the_table_is_hand_computed(runs):
     col = collect([runs])
     assert [(v.name, v.components, v.is_baseline, [r.id for r in v.runs]) for v in col.variants] == [
-        ("base", [], True, ["base-seed0", "base-seed1"]),
-        ("hapo-lr", ["A", "B", "C", "D"], False, ["hapo-lr"]),
-        ("hapo", ["A", "B", "C", "D"], False, ["hapo-seed0", "hapo-seed1", "hapo-seed2"]),
+        ("dapo", [], True, ["base-seed0", "base-seed1"]),
+        ("hapo, trainer.lr=1e-05", ["A", "B", "C", "D"], False, ["hapo-lr"]),
+        ("hapo, trainer.lr=1e-06", ["A", "B", "C", "D"], False, ["hapo-seed0", "hapo-seed1", "hapo-seed2"]),
     ]
     md = markdown(col).splitlines()
     sd = math.sqrt(((0.5 - 0.375) ** 2 + (0.25 - 0.375) ** 2) / 1)  # n-1
     assert f"{100 * sd:.2f}" == "17.68"
-    assert md[0] == "| variant | components | seeds | avg@4 (%) | pass@2 (%) | pass@4 (%) | maj@4 (%) | Δ avg@4 vs base |"
-    assert md[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|"
+    assert md[0] == ("| variant | components | seeds | step | avg@4 (%) | pass@2 (%) | pass@4 (%) | maj@4 (%) "
+                     "| Δ avg@4 vs dapo |")
+    assert md[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"
     # base: avg@4 of the LAST validation (0.5 and 0.25, not the best or the first)
-    assert md[2] == "| base | - | 2 | 37.50 ± 17.68 | 50.00 ± 17.68 | 62.50 ± 17.68 | 18.75 ± 8.84 | (baseline) |"
-    assert md[3] == "| hapo-lr | A+B+C+D | 1 | 100.00 ± - | 100.00 ± - | 100.00 ± - | 50.00 ± - | +62.50 |"
-    assert md[4] == "| hapo | A+B+C+D | 2/3 | 62.50 ± 17.68 | 75.00 ± 17.68 | 87.50 ± 17.68 | 31.25 ± 8.84 | +25.00 |"
+    assert md[2] == "| dapo | - | 2 | 4 | 37.50 ± 17.68 | 50.00 ± 17.68 | 62.50 ± 17.68 | 18.75 ± 8.84 | (baseline) |"
+    assert md[3] == ("| hapo, trainer.lr=1e-05 | A+B+C+D | 1 | 4 | 100.00 ± - | 100.00 ± - | 100.00 ± - | 50.00 ± - "
+                     "| +62.50 |")
+    assert md[4] == ("| hapo, trainer.lr=1e-06 | A+B+C+D | 2/3 | 4 | 62.50 ± 17.68 | 75.00 ± 17.68 | 87.50 ± 17.68 "
+                     "| 31.25 ± 8.84 | +25.00 |")
+    assert "warning" not in "\n".join(md)  # every run ends at step 4
     assert md[-2:] == ["Not finished:", "- hapo-seed2 (interrupted)"]
     rows = list(csv.DictReader(results_csv(col).splitlines()))
     assert [(r["variant"], float(r["avg@4_mean"]), r["avg@4_std"], r["delta_avg@4"]) for r in rows] == [
-        ("base", 0.375, repr(sd), "0.0"), ("hapo-lr", 1.0, "", "0.625"), ("hapo", 0.625, repr(sd), "0.25")]
+        ("dapo", 0.375, repr(sd), "0.0"), ("hapo, trainer.lr=1e-05", 1.0, "", "0.625"),
+        ("hapo, trainer.lr=1e-06", 0.625, repr(sd), "0.25")]
 
 
 def test_sweep_folder_lists_failed_runs(tmp_path):
@@ -102,9 +107,10 @@ def test_sweep_folder_lists_failed_runs(tmp_path):
                  {"id": "DAPO+D-seed0", "variant": "DAPO+D", "seed": 0, "overrides": [], "status": "pending"}]}
     (sdir / "sweep.json").write_text(json.dumps(state))
     md = markdown(collect([sdir]))
-    assert md.splitlines()[2:5] == ["| DAPO | - | 1 | 50.00 ± - | 62.50 ± - | 75.00 ± - | 25.00 ± - | (baseline) | 46.97 |",
-                                    "| DAPO+C | C | 0/1 | - | - | - | - | - | 48.28 |",
-                                    "| DAPO+D | D | 0/1 | - | - | - | - | - | - |"]
+    assert md.splitlines()[2:5] == [
+        "| DAPO | - | 1 | 3 | 50.00 ± - | 62.50 ± - | 75.00 ± - | 25.00 ± - | (baseline) | 46.97 |",
+        "| DAPO+C | C | 0/1 | - | - | - | - | - | - | 48.28 |",
+        "| DAPO+D | D | 0/1 | - | - | - | - | - | - | - |"]
     assert "reference: paper." in md
     assert md.endswith("Failed runs:\n- DAPO+C-seed0 (exit 17): exit code 17; last output: step 1\n\n"
                        "Not finished:\n- DAPO+D-seed0 (pending)\n")

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 from hapo_cli.errors import HapoError
 
@@ -211,18 +209,13 @@ def read_local_table(path: str) -> list[dict]:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint accepts a TCP connection (False when offline mode is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return False
+    """Whether the Hugging Face endpoint is reachable (False when offline mode is set): the one
+    probe in `hapo_cli.models.hub_reachable`, plus `datasets`' own offline variable."""
+    from hapo_cli.models import hub_reachable as _probe
+
     if os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return _probe(timeout)
 
 
 def _go_offline() -> None:

@@ -3,10 +3,14 @@
     hapo eval --bench aime24,math500 --model PATH [--n 8] [--temperature 0.5] [--top-p 0.7]
               [--max-new-tokens N] [--out DIR] [--limit N] [--prompt boxed|answer|raw]
               [--engine hf|vllm] [--wandb] [key=value ...]
+    hapo eval --runs runs/sweeps/paper_main --bench aime24,...  [--checkpoint final|best]
 
 Each benchmark gets its own section and folder (DIR/<bench>/samples.jsonl, summary.json);
 DIR/results.md and DIR/summary.json hold the table of all of them, which is also printed at
 the end. Running again with the same --out resumes: graded questions are not generated again.
+With --runs, each run's checkpoint is evaluated into <run>/eval/<checkpoint>/ (resumable the same
+way), which `hapo report` reads for the paper's table. Everything that needs no model (settings,
+device, engine, data, output folders, resume settings, the Hub) is checked before a model loads.
 """
 
 from __future__ import annotations
@@ -104,13 +108,11 @@ def _load_benches(cfg) -> list[tuple[str, object]]:
     return out
 
 
-def _build_engine(cfg):
+def _build_engine(cfg, path: str):
     """(engine, tokenizer) for the model: the hf engine on the loaded module, or vllm on its folder."""
     from hapo_cli.models import load_model_and_tokenizer, load_tokenizer, resolve_device
     from hapo_cli.rollout.factory import EngineSettings, build_engine
-    from hapo_cli.tasks import model_path
 
-    path = model_path(cfg.model)
     settings = EngineSettings(engine=cfg.engine, batch_size=cfg.batch_size, dtype=cfg.dtype, seed=cfg.seed, colocated=False)
     if cfg.engine == "vllm":
         tokenizer = load_tokenizer(path)
@@ -120,13 +122,10 @@ def _build_engine(cfg):
     return build_engine(settings, model, tokenizer, model_path=path), tokenizer
 
 
-def run_eval(cfg) -> list[dict]:
-    """Everything `hapo eval` does, from a composed EvalConfig; returns the per-bench summaries."""
-    from hapo_cli.evaluate.evaluator import evaluate_rows
-    from hapo_cli.rewards.pool import GradingPool
+def _check_options(cfg) -> None:
+    """Settings, engine and device: everything that needs neither data nor a model."""
+    from hapo_cli.preflight import check_device, check_engine
     from hapo_cli.rollout.factory import ENGINES
-    from hapo_cli.runs.files import atomic_write_json, atomic_write_text
-    from hapo_cli.runs.rundir import write_meta
     from hapo_cli.tasks.prompts import CHAT_TEMPLATE_MODES, PROMPT_STYLES
 
     if cfg.engine not in ENGINES:
@@ -136,15 +135,65 @@ def run_eval(cfg) -> list[dict]:
     if cfg.chat_template not in CHAT_TEMPLATE_MODES:
         raise HapoError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {cfg.chat_template!r}")
     _validate(cfg)
-    benches = _load_benches(cfg)
+    check_device(cfg.device, "--device")
+    check_engine(cfg.engine, "--engine")
+
+
+def _prepare_out(out: Path) -> None:
+    """The output folder exists (created) and is a writable folder: one line otherwise."""
+    if out.exists() and not out.is_dir():
+        raise HapoError(f"--out {str(out)!r} is a file, not a folder: give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hapo-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise HapoError(f"cannot write the output folder {str(out)!r} ({err.strerror or err}): choose another --out") from None
+
+
+def _check_resume(cfg, out: Path, benches) -> None:
+    """A folder that holds results of other settings is refused now, not after the model loads."""
+    from hapo_cli.evaluate.evaluator import check_settings, eval_settings
+
+    for key, task in benches:
+        mnt = cfg.max_new_tokens or task.bench.max_new_tokens
+        check_settings(out / key, eval_settings(task, key, cfg.n, cfg.temperature, cfg.top_p, mnt, cfg.seed))
+
+
+def _model_source(model: str) -> str:
+    """The model's folder (tiny built on first use) or Hub id; a Hub id offline fails here at once."""
+    from hapo_cli.models import ensure_reachable
+    from hapo_cli.tasks import model_path
+
+    return model_path(model) if model == "tiny" else ensure_reachable(model)
+
+
+def run_eval(cfg, benches=None) -> list[dict]:
+    """Everything `hapo eval` does, from a composed EvalConfig; returns the per-bench summaries.
+
+    Every check that needs no model runs first (settings, device, engine, data, output folder,
+    resume settings, the model's folder or the Hub), so a run that cannot work fails in a second."""
+    from hapo_cli.evaluate.evaluator import evaluate_rows
+    from hapo_cli.rewards.pool import GradingPool
+    from hapo_cli.runs.files import atomic_write_json, atomic_write_text
+    from hapo_cli.runs.rundir import write_meta
+
+    _check_options(cfg)
+    benches = benches if benches is not None else _load_benches(cfg)
     out = Path(cfg.out) if cfg.out else _default_out(cfg.model)
+    if out.exists() and not out.is_dir():
+        raise HapoError(f"--out {str(out)!r} is a file, not a folder: give a folder path")
+    if out.is_dir():
+        _check_resume(cfg, out, benches)
+    path = _model_source(cfg.model)
+    _prepare_out(out)
     pool = None
     if any(task.needs_pool for _, task in benches):
         pool = GradingPool(num_workers=cfg.grading_workers, timeout=cfg.grading_timeout).start()  # boots while the model loads
     summaries = []
     try:
-        engine, tokenizer = _build_engine(cfg)
-        out.mkdir(parents=True, exist_ok=True)
+        engine, tokenizer = _build_engine(cfg, path)
         write_meta(out, sys.argv)
         for key, task in benches:
             rows = task.val_rows()
@@ -175,6 +224,100 @@ def run_eval(cfg) -> list[dict]:
     return summaries
 
 
+# ---- hapo eval --runs: each run's final (or best) checkpoint, results inside the run folder
+
+EVAL_DIR = "eval"  # <run>/eval/<checkpoint name>/ holds that checkpoint's results (summary.json, <bench>/)
+CHECKPOINTS = ("final", "best")
+
+
+def find_runs(paths: str) -> list[Path]:
+    """Run folders under comma-separated paths: a sweep (its planned runs), a run, or a folder of them."""
+    from hapo_cli.runs import sweep as st
+
+    def is_run(p: Path) -> bool:
+        return (p / "config.yaml").is_file() or (p / "checkpoints").is_dir()
+
+    out: list[Path] = []
+    for raw in [x.strip() for x in str(paths).split(",") if x.strip()]:
+        p = Path(raw)
+        if not p.is_dir():
+            raise HapoError(f"--runs {raw!r} is not a folder: give run folders, sweep folders or a folder of them")
+        if st.is_sweep_dir(p):
+            out += [p / r["id"] for r in st.load_state(p)["runs"]]
+        elif is_run(p):
+            out.append(p)
+        else:
+            kids = sorted(c for c in p.iterdir() if c.is_dir())
+            found = [c for c in kids if is_run(c) or st.is_sweep_dir(c)]
+            if not found:
+                raise HapoError(f"--runs {raw!r} holds no run (config.yaml) or sweep (sweep.json), nor folders of them")
+            out += find_runs(",".join(str(c) for c in found))
+    return out
+
+
+def pick_checkpoint(run_dir: Path, which: str) -> tuple[Path | None, str]:
+    """(checkpoint folder, why none) for `final` (LATEST, else the highest step) or `best` (the
+    step of the highest validation of the run's val_metric that still has a checkpoint)."""
+    import json
+
+    from hapo_cli.runs.files import read_jsonl
+
+    root = run_dir / "checkpoints"
+    have = sorted(p for p in root.glob("step_*") if (p / "config.json").is_file()) if root.is_dir() else []
+    if not have:
+        return None, "no checkpoint (not started, or failed before its first save)"
+    if which == "final":
+        pointer = root / "LATEST"
+        named = root / pointer.read_text().strip() if pointer.is_file() else None
+        return (named if named in have else have[-1]), ""
+    summary = run_dir / "summary.json"
+    key = json.loads(summary.read_text()).get("val_metric") if summary.is_file() else None
+    vals = {int(r["step"]): float(r[key]) for r in read_jsonl(run_dir / "metrics.jsonl").records
+            if key and key in r and "step" in r}
+    by_step = {int(p.name.removeprefix("step_")): p for p in have}
+    scored = [(v, s) for s, v in vals.items() if s in by_step]
+    if not scored:
+        return None, (f"no checkpoint at a validated step (validations at {sorted(vals) or 'none'}, checkpoints at "
+                      f"{sorted(by_step)}): keep more (trainer.keep_checkpoints) or use --checkpoint final")
+    best_value, best_step = max(scored, key=lambda t: (t[0], t[1]))
+    return by_step[best_step], ""
+
+
+def eval_runs(cfg) -> list[tuple[Path, list[dict]]]:
+    """`hapo eval --runs`: every run's checkpoint on the benchmarks, into <run>/eval/<checkpoint>/."""
+    from dataclasses import replace
+
+    if cfg.checkpoint not in CHECKPOINTS:
+        raise HapoError(f"--checkpoint {cfg.checkpoint!r}: choose final or best")
+    if cfg.out:
+        raise HapoError("--out does not apply to --runs: results go into each run's folder (<run>/eval/<checkpoint>/)")
+    if cfg.model not in (None, "tiny"):
+        raise HapoError("give --runs or --model, not both (--runs evaluates each run's own checkpoint)")
+    _check_options(cfg)
+    runs = find_runs(cfg.runs)
+    plan, skipped = [], []
+    for rd in runs:
+        ckpt, why = pick_checkpoint(rd, cfg.checkpoint)
+        (plan.append((rd, ckpt)) if ckpt is not None else skipped.append(f"{rd}: {why}"))
+    for line in skipped:
+        typer.echo(f"skipped {line}", err=True)
+    if not plan:
+        raise HapoError(f"no run under {cfg.runs} has a checkpoint to evaluate ({len(skipped)} without one)")
+    benches = _load_benches(cfg)
+    for rd, ckpt in plan:  # every folder checked before the first model loads
+        out = rd / EVAL_DIR / ckpt.name
+        _prepare_out(out)
+        _check_resume(cfg, out, benches)
+    results = []
+    for i, (rd, ckpt) in enumerate(plan, 1):
+        typer.secho(f"\n=== [{i}/{len(plan)}] {rd} ({ckpt.name}, --checkpoint {cfg.checkpoint}) ===", bold=True, err=True)
+        sub = replace(cfg, model=str(ckpt), out=str(rd / EVAL_DIR / ckpt.name), runs=None, wandb=False)
+        results.append((rd, run_eval(sub, benches)))
+    typer.echo(f"\nhapo eval: {len(plan)} run(s) evaluated ({cfg.checkpoint} checkpoint), {len(skipped)} skipped; "
+               f"tables: hapo report {cfg.runs.split(',')[0]}", err=True)
+    return results
+
+
 def eval_command(
     ctx: typer.Context,
     bench: str = typer.Option(None, "--bench", "-b", help="Benchmarks, comma-separated: aime24, aime25, amc23, math500, "
@@ -192,6 +335,10 @@ def eval_command(
     wandb: bool = typer.Option(None, "--wandb/--no-wandb", help="Log results to Weights & Biases (offline without credentials)."),
     device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda, cuda:N."),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (default 0)."),
+    runs: str = typer.Option(None, "--runs", help="Evaluate runs instead of --model: run folders, sweep folders or "
+                             "folders of them (comma-separated); results go into <run>/eval/<checkpoint>/."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="With --runs: final (default; the last checkpoint) or "
+                                   "best (the checkpoint of the best validation)."),
     help_config: bool = typer.Option(False, "--help-config", help="Print every setting with its default and meaning, and exit."),
 ) -> None:
     """Evaluate a model on math benchmarks: avg@n, pass@k, maj@n, length, truncation.
@@ -207,9 +354,12 @@ def eval_command(
         return
     options = dict(bench=bench, model=model, n=n, temperature=temperature, top_p=top_p,
                    max_new_tokens=max_new_tokens, out=out, limit=limit, prompt=prompt, engine=engine,
-                   wandb=wandb, device=device, seed=seed)
+                   wandb=wandb, device=device, seed=seed, runs=runs, checkpoint=checkpoint)
     cfg = compose_eval_config(options, list(ctx.args))
-    run_eval(cfg)
+    if cfg.runs:
+        eval_runs(cfg)
+    else:
+        run_eval(cfg)
 
 
 def _settings_help() -> str:

@@ -40,6 +40,8 @@ class EvalConfig:
     wandb: bool = False  # log the results to Weights & Biases (offline when there are no credentials)
     wandb_project: str = "hapo"  # W&B project
     progress: bool = True  # show progress bars
+    runs: str | None = None  # evaluate runs instead of --model: run folders, sweep folders or folders of them (comma-separated)
+    checkpoint: str = "final"  # with runs: final (the last checkpoint) | best (the checkpoint of the best validation)
 
 
 def valid_keys() -> list[str]:

@@ -72,7 +72,18 @@ def _load_done(path: Path, n: int) -> dict[str, list[dict]]:
     return done
 
 
-def _check_config(out: Path, cfg: dict) -> None:
+def eval_settings(task: Task, label: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                  seed: int) -> dict:
+    """What eval_config.json records (a resumed folder must match it); greedy forces n=1, top_p=1."""
+    if temperature <= 0:
+        n, temperature = 1, 0.0
+    return {"bench": label, "source": task.source, "n": n, "temperature": temperature,
+            "top_p": top_p if temperature > 0 else 1.0, "max_new_tokens": max_new_tokens, "seed": seed,
+            **task.describe()}
+
+
+def check_settings(out: Path, cfg: dict) -> None:
+    """Refuse a folder that holds results for other settings (one line); writes nothing."""
     path = out / CONFIG_FILE
     if path.exists():
         try:
@@ -84,7 +95,11 @@ def _check_config(out: Path, cfg: dict) -> None:
             raise HapoError(
                 f"{out} holds results for other settings ({'; '.join(diff)}): use another --out or delete it"
             )
-    atomic_write_json(path, cfg)
+
+
+def _check_config(out: Path, cfg: dict) -> None:
+    check_settings(out, cfg)
+    atomic_write_json(out / CONFIG_FILE, cfg)
 
 
 def _grading_pool(grader, task: Task) -> tuple[GradingPool | None, GradingPool | None]:
@@ -157,11 +172,7 @@ def evaluate_rows(
     if len(set(ids)) != len(ids):
         raise HapoError(f"benchmark {label}: question ids are not unique")
 
-    cfg = {
-        "bench": label, "source": task.source, "n": n, "temperature": temperature,
-        "top_p": top_p if temperature > 0 else 1.0, "max_new_tokens": max_new_tokens, "seed": seed,
-        **task.describe(),
-    }
+    cfg = eval_settings(task, label, n, temperature, top_p, max_new_tokens, seed)
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, list[dict]] = {}
     if out is not None:

@@ -24,17 +24,18 @@ def report_command(
     """Plots and tables of finished runs or sweeps.
 
     \b
-    Figures (PNG, one line a variant: mean over seeds with a min-max band):
-      val_accuracy.png       validation accuracy (the runs' val_metric, e.g. avg@k) over steps
+    Figures (PNG, one line a variant: mean over seeds, min-max band):
+      val_accuracy.png       validation accuracy (the runs' val_metric)
       entropy.png            mean token entropy of the rollouts
       response_length.png    mean response length
       reward.png             mean training reward
-      clip_fractions.png     left / right clip fractions, all tokens and by entropy sign
+      clip_fractions.png     left / right clip fractions, by entropy sign
       training_dynamics.png  the six training curves on one page
-      clip_by_entropy.png    which tokens hit which clip bound (h <= 0 vs h > 0)
-      token_entropy.png      token entropy of correct vs wrong responses (saved rollouts)
-    Tables: results.md (printed), results.csv (one line a variant), runs.csv (one line a run);
-    the same table as `hapo ablate` prints for a sweep.
+      clip_by_entropy.png    which tokens hit which bound (h <= 0, h > 0)
+      token_entropy.png      token entropy, correct vs wrong responses
+      paper.png              benchmark accuracy a method (eval --runs)
+
+    Tables: results.md (printed), results.csv (one line a variant), runs.csv (one line a run); the same table as `hapo ablate` prints for a sweep, with the step each number is taken at. Reruns of a seed, stubs of failed starts and runs ending at different steps are named under it. With `hapo eval --runs` results also paper.md (printed) and paper.csv: the paper's main-table layout (one row a method, one column a benchmark plus the average, Δ vs DAPO, the paper's number beside ours).
     """
     from hapo_cli.errors import HapoError
     from hapo_cli.report.collect import collect
@@ -49,6 +50,12 @@ def report_command(
     md = write_tables(col, out_dir)
     typer.echo(md)
     written = [out_dir / "results.md", out_dir / "results.csv", out_dir / "runs.csv"]
+    from hapo_cli.report.paper import write_paper_table
+
+    paper_md, paper_files = write_paper_table(col, out_dir, plots=not no_plots)
+    if paper_md:
+        typer.echo("\n" + paper_md)
+        written += paper_files
     if not no_plots:
         from hapo_cli.report.plots import all_plots
 

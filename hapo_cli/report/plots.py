@@ -51,6 +51,15 @@ def colors(col: Collection) -> dict[str, tuple[object, str, float]]:
     return out
 
 
+def several_seeds(col: Collection) -> bool:
+    return any(len(v.runs) > 1 for v in col.variants)
+
+
+def seeds_text(col: Collection) -> str:
+    """What a figure's lines are: "mean over seeds, band: min-max", or "one seed" (no band drawn)."""
+    return "mean over seeds, band: min-max" if several_seeds(col) else "one seed"
+
+
 def _smooth(ys: list[float], window: int) -> list[float]:
     if window <= 1 or len(ys) < 2:
         return ys
@@ -159,7 +168,7 @@ def dynamics(col: Collection, out_dir: Path, smooth: int = 1) -> Path | None:
     if not drew:
         plt.close(fig)
         return None
-    title = "Training dynamics (mean over seeds, band: min-max)"
+    title = f"Training dynamics ({seeds_text(col)})"
     if smooth > 1:
         title += f", training curves smoothed over {smooth} steps"
     fig.suptitle(title, fontsize=13)
@@ -178,13 +187,23 @@ def clip_fractions(col: Collection, out_dir: Path, smooth: int = 1) -> Path | No
     if not drew:
         plt.close(fig)
         return None
-    fig.suptitle("Clipped tokens by bound (mean over seeds, band: min-max)", fontsize=13)
+    fig.suptitle(f"Clipped tokens by bound ({seeds_text(col)})", fontsize=13)
     legend_ax = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), axes[0, 0])
     return _finish(fig, Path(out_dir) / "clip_fractions.png", legend_ax)
 
 
 def clip_by_entropy(col: Collection, out_dir: Path) -> Path | None:
     """Bars: share of tokens hitting each bound, split by the sign of h, averaged over steps and seeds."""
+    fig = clip_by_entropy_figure(col)
+    if fig is None:
+        return None
+    fig.savefig(Path(out_dir) / "clip_by_entropy.png", dpi=DPI)
+    plt.close(fig)
+    return Path(out_dir) / "clip_by_entropy.png"
+
+
+def clip_by_entropy_figure(col: Collection):
+    """The figure of `clip_by_entropy` (None without clip data); the caller saves and closes it."""
     keys = [("actor/clipfrac_left_hneg", "left, h <= 0"), ("actor/clipfrac_left_hpos", "left, h > 0"),
             ("actor/clipfrac_right_hneg", "right, h <= 0"), ("actor/clipfrac_right_hpos", "right, h > 0")]
     rows = []
@@ -197,7 +216,7 @@ def clip_by_entropy(col: Collection, out_dir: Path) -> Path | None:
             rows.append((v.name, vals))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) + 3), 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(rows) + 5), 4.8), layout="constrained")
     width = 0.8 / len(keys)
     shades = ["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"]
     for j, (_, label) in enumerate(keys):
@@ -205,12 +224,12 @@ def clip_by_entropy(col: Collection, out_dir: Path) -> Path | None:
         ax.bar(xs, [r[1][j] for r in rows], width, label=label, color=shades[j])
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
     ax.set_ylabel("share of those tokens clipped (%)")
-    ax.set_title("Which tokens hit the left vs right clip bound, by entropy sign (mean over steps and seeds)", fontsize=11)
+    over = "mean over steps and seeds" if several_seeds(col) else "mean over steps, one seed"
+    ax.set_title(f"Which tokens hit the left vs right clip bound, by entropy sign ({over})", fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=9, title="bound, token entropy", title_fontsize=9)
-    fig.savefig(Path(out_dir) / "clip_by_entropy.png", dpi=DPI)
-    plt.close(fig)
-    return Path(out_dir) / "clip_by_entropy.png"
+    # outside the axes, so it never covers a bar
+    ax.legend(fontsize=9, title="bound, token entropy", title_fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
 def _rollout_entropies(v: VariantData, max_files: int = 40) -> tuple[list[float], list[float]]:

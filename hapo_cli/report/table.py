@@ -2,8 +2,10 @@
 
 One row a variant: final validation metrics (the run's `val_metric` at its last validation, plus
 pass@k and maj@n of the same validation) as mean ± std over the finished seeds (std with n-1,
-`-` for one seed), in %, and the difference of the mean to the DAPO baseline row (or to the first
-row when there is none) in points. Failed and unfinished runs are listed under the table.
+`-` for one seed), in %, the step those numbers are taken at, and the difference of the mean to
+the DAPO baseline row (or to the first row when there is none) in points. Failed and unfinished
+runs, reruns of a seed and folders that never trained are listed under the table, and a warning
+says so when the compared runs end at different steps.
 """
 
 from __future__ import annotations
@@ -84,6 +86,33 @@ def _seeds(v: VariantData) -> str:
     return str(n) if n == total else f"{n}/{total}"
 
 
+def final_steps(v: VariantData) -> list[int]:
+    """The step of each finished run's last validation (sorted)."""
+    return sorted(s for r in v.finished if (s := r.final()[0]) is not None)
+
+
+def _step_cell(v: VariantData) -> str:
+    steps = final_steps(v)
+    return _step_cell_of(steps) if steps else "-"
+
+
+def step_warning(col: Collection) -> str | None:
+    """One line when the compared runs end at different steps (or were set up for different
+    trainer.total_steps), else None."""
+    ends = {v.name: final_steps(v) for v in col.variants if final_steps(v)}
+    totals = sorted({r.total_steps for v in col.variants for r in v.finished if r.total_steps is not None})
+    if len({s for steps in ends.values() for s in steps}) <= 1 and len(totals) <= 1:
+        return None
+    where = "; ".join(f"{name}: {_step_cell_of(steps)}" for name, steps in ends.items())
+    total = f" (trainer.total_steps {', '.join(map(str, totals))})" if len(totals) > 1 else ""
+    return (f"warning: the compared runs end at different steps{total}: {where}. Each number is taken at its "
+            "run's last validation, so rows are not compared like for like.")
+
+
+def _step_cell_of(steps: list[int]) -> str:
+    return str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+
+
 def _components(v: VariantData) -> str:
     if v.components is None:
         return "?"
@@ -96,14 +125,14 @@ def markdown(col: Collection) -> str:
     main = primary_key(col)
     bases = set(map(id, baselines(col).values()))
     has_ref = any(v.reference is not None for v in col.variants)
-    head = ["variant", "components", "seeds", *[f"{_short(k)} (%)" for k in keys]]
+    head = ["variant", "components", "seeds", "step", *[f"{_short(k)} (%)" for k in keys]]
     if main:
         head.append(_delta_header(col, main))
     if has_ref:
         head.append("reference")
     lines = ["| " + " | ".join(head) + " |", "|:---|:---|" + "---:|" * (len(head) - 2)]
     for v in col.variants:
-        cells = [v.name, _components(v), _seeds(v)]
+        cells = [v.name, _components(v), _seeds(v), _step_cell(v)]
         for k in keys:
             mean, std, n = stats(v, k)
             cells.append("-" if mean is None else f"{_pct(mean)} ± {_pct(std)}")
@@ -116,7 +145,11 @@ def markdown(col: Collection) -> str:
     notes = []
     if main:
         notes.append(f"Validation accuracy in % at each run's last validation ({_short(main)} is summary.json's "
-                     "val_metric); mean ± std over finished seeds (std with n-1, - for one seed); Δ in points.")
+                     "val_metric, taken at the step shown); mean ± std over finished seeds (std with n-1, - for "
+                     "one seed); Δ in points.")
+        warn = step_warning(col)
+        if warn:
+            notes.append(warn)
     else:
         notes.append("No finished run with validation metrics yet.")
     if has_ref:
@@ -129,6 +162,9 @@ def markdown(col: Collection) -> str:
     if other:
         notes.append("\nNot finished:")
         notes += [f"- {r.id} ({r.status})" for _, r in other]
+    if col.notes:
+        notes.append("\nLeft out:")
+        notes += [f"- {n}" for n in col.notes]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
@@ -142,11 +178,11 @@ def results_csv(col: Collection) -> str:
     main = primary_key(col)
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["variant", "components", "is_baseline", "seeds_finished", "seeds_planned",
+    w.writerow(["variant", "components", "is_baseline", "seeds_finished", "seeds_planned", "step",
                 *[f"{_short(k)}_{s}" for k in keys for s in ("mean", "std")],
                 f"delta_{_short(main)}" if main else "delta", "reference"])
     for v in col.variants:
-        row = [v.name, _components(v), int(v.is_baseline), len(v.finished), len(v.runs)]
+        row = [v.name, _components(v), int(v.is_baseline), len(v.finished), len(v.runs), _step_cell(v)]
         for k in keys:
             mean, std, _ = stats(v, k)
             row += [_num(mean), _num(std)]

@@ -27,20 +27,18 @@ from hapo_cli.sweep import plan as pl
 
 _HELP = """Run an ablation sweep: DAPO plus subsets of HAPO's components (A ATS, B TLGA, C DAR, D AAC).
 
-Each variant x seed is a normal `hapo train` run with `algorithm=dapo` and the component switches, so every variant shares the same base hyperparameters. Extra arguments are Hydra overrides for every run (e.g. experiment=hapo_qwen2.5_math_7b trainer.total_steps=100).
+Each variant x seed is a normal `hapo train` run with `algorithm=dapo` (or a spec row's algorithm preset) and the component switches, so every variant shares the same base hyperparameters. Extra arguments are Hydra overrides for every run (e.g. experiment=hapo_qwen2.5_math_7b trainer.total_steps=100).
 
 \b
 Modes over --components (default grid):
   grid           every subset: A,B -> DAPO, DAPO+A, DAPO+B, DAPO+A+B
   add-one        DAPO and DAPO + each component
-  leave-one-out  all named components, and all minus each (Δ is then against the full row)
-  single         just the named combination (plus DAPO with --include-baseline)
-Or --spec FILE with explicit rows (ablations/paper.yaml: the paper's rows; leave_one_out.yaml).
+  leave-one-out  all named components, and all minus each (Δ vs the full row)
+  single         the named combination (plus DAPO with --include-baseline)
 
-Runs: <sweep dir>/<variant>-seed<S>/ with train.log; sweep.json holds the plan and statuses.
-Running the same command again skips finished runs, resumes interrupted ones and retries failed
-ones. The table of final validation metrics (mean ± std over seeds, Δ vs DAPO) is printed and
-saved as results.md / results.csv; a failed run is listed and the exit code is 1."""
+Or --spec FILE with explicit rows: ablations/paper.yaml (the paper's ablation rows), paper_main.yaml (its main table), ats_temperature.yaml, leave_one_out.yaml.
+
+Runs: <sweep dir>/<variant>-seed<S>/ with train.log; sweep.json holds the plan and statuses. Running the same command again skips finished runs, resumes interrupted ones and retries failed ones. The table of final validation metrics (mean ± std over seeds, Δ vs DAPO) is printed and saved as results.md / results.csv; a failed run is listed and the exit code is 1."""
 
 
 def _seeds(text: str) -> list[int]:

@@ -16,6 +16,10 @@ Spec schema (YAML)::
         components: [A]              # required: letters A-D or names ats/tlga/dar/aac ([] = DAPO)
         overrides: [key=value, ...]  # optional: this row only (after the shared ones)
         reference: 48.85             # optional: a number to show beside the result (e.g. the paper's)
+        algorithm: dapo              # optional: the algorithm preset the row trains with (default dapo;
+                                     #   e.g. forking_tokens, archer, edge_grpo for the paper's main table)
+        paper:                       # optional: the paper's numbers by model.name_or_path, per benchmark
+          Qwen/Qwen2.5-Math-7B: {avg: 46.97, aime24: 37.24, ...}   # (shown beside `hapo report`'s paper table)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hapo_cli.config import COMPONENT_NAMES
+from hapo_cli.config import COMPONENT_NAMES, group_options
 from hapo_cli.errors import HapoError
 
 LETTERS = tuple(COMPONENT_NAMES)  # ("A", "B", "C", "D")
@@ -36,7 +40,7 @@ BASELINE_NAME = "DAPO"
 # Keys a sweep sets itself on every run; overrides may not set them.
 RESERVED_KEYS = ("seed", "run_dir", "resume", "run_name", "output_dir", "logger.wandb.group")
 _NAME_OK = re.compile(r"^[A-Za-z0-9+._-]+$")
-_ROW_FIELDS = ("name", "components", "overrides", "reference")
+_ROW_FIELDS = ("name", "components", "overrides", "reference", "algorithm", "paper")
 _SPEC_FIELDS = ("name", "description", "reference_label", "overrides", "rows")
 
 
@@ -48,16 +52,18 @@ class Variant:
     components: list[str]  # letters switched on, in A-D order ([] = the DAPO baseline)
     overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of this row
     reference: float | None = None  # a number to show beside the result (e.g. the paper's)
+    algorithm: str = "dapo"  # the algorithm preset (conf/algorithm/<name>.yaml) the components go on
+    paper: dict[str, dict[str, float]] | None = None  # the paper's numbers: {model id: {bench or avg: %}}
 
     def train_overrides(self) -> list[str]:
-        """`algorithm=dapo` and all four switches, then this row's overrides."""
+        """`algorithm=<preset>` (dapo unless the row names one) and all four switches, then this row's overrides."""
         on = set(self.components)
-        return ["algorithm=dapo", *(f"algorithm.components.{k}={'true' if k in on else 'false'}" for k in LETTERS),
-                *self.overrides]
+        return [f"algorithm={self.algorithm}",
+                *(f"algorithm.components.{k}={'true' if k in on else 'false'}" for k in LETTERS), *self.overrides]
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "components": list(self.components), "overrides": list(self.overrides),
-                "reference": self.reference}
+                "reference": self.reference, "algorithm": self.algorithm, "paper": self.paper}
 
 
 @dataclass
@@ -187,19 +193,38 @@ def load_spec(path: str | Path) -> Spec:
             raise HapoError(f"{where} ({name}): components must be a list like [A, B] or []")
         letters = parse_components(comps, f"{where} ({name}).components")
         extra = check_overrides(list(row.get("overrides") or []), f"{where} ({name})")
-        key = (tuple(letters), tuple(extra))
+        algo_name = row.get("algorithm", "dapo")
+        if not isinstance(algo_name, str) or algo_name not in group_options("algorithm"):
+            raise HapoError(f"{where} ({name}): algorithm must be one of {', '.join(group_options('algorithm'))} "
+                            f"(conf/algorithm/), got {algo_name!r}")
+        paper = _paper_numbers(row.get("paper"), f"{where} ({name}).paper")
+        key = (algo_name, tuple(letters), tuple(extra))
         if key in combos:
             raise HapoError(f"{where} ({name}): same components and overrides as row {combos[key]!r}")
         combos[key] = name
         ref = row.get("reference")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float))):
             raise HapoError(f"{where} ({name}): reference must be a number (got {ref!r})")
-        variants.append(Variant(name, letters, extra, None if ref is None else float(ref)))
+        variants.append(Variant(name, letters, extra, None if ref is None else float(ref), algo_name, paper))
     label = data.get("reference_label")
     spec_name = data.get("name") or p.stem
     if not isinstance(spec_name, str) or not _NAME_OK.match(spec_name):
         raise HapoError(f"{p}: name must be letters, digits and + . _ - (got {spec_name!r})")
     return Spec(spec_name, variants, shared, None if label is None else str(label))
+
+
+def _paper_numbers(data: Any, where: str) -> dict[str, dict[str, float]] | None:
+    """{model id: {benchmark or avg: number}}, every value a number (one line otherwise)."""
+    if data is None:
+        return None
+    ok = isinstance(data, dict) and all(
+        isinstance(m, str) and isinstance(v, dict) and v and all(
+            isinstance(b, str) and isinstance(x, (int, float)) and not isinstance(x, bool) for b, x in v.items())
+        for m, v in data.items())
+    if not ok:
+        raise HapoError(f"{where}: expected {{model id: {{benchmark: number, ...}}}}, e.g. "
+                        "{Qwen/Qwen2.5-Math-7B: {avg: 46.97, aime24: 37.24}}")
+    return {m: {b: float(x) for b, x in v.items()} for m, v in data.items()}
 
 
 def plan_runs(variants: list[Variant], seeds: list[int], base_overrides: list[str], group: str) -> list[PlannedRun]:
