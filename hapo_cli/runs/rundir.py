@@ -69,8 +69,19 @@ def write_meta(run_dir: Path, argv: list[str] | None = None, **extra: Any) -> No
     atomic_write_json(Path(run_dir) / META_FILE, meta)
 
 
-def default_run_dir(output_dir: str, run_name: str | None, algo: str, data: str) -> Path:
-    name = run_name or f"{algo}-{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+def run_label(algo: str, components: str = "") -> str:
+    """`dapo`, `dapo+B`, `hapo` (all four components are what HAPO is), `hapo+A+B+C`: the same label
+    `hapo report` gives a run, so a DAPO+B run never reads like plain DAPO."""
+    letters = [c for c in components if c.strip()]
+    if not letters or (algo == "hapo" and sorted(letters) == ["A", "B", "C", "D"]):
+        return algo
+    return "+".join([algo, *letters])
+
+
+def default_run_dir(output_dir: str, run_name: str | None, algo: str, data: str, components: str = "") -> Path:
+    """<output_dir>/<run_name>, or <output_dir>/<algo>[+components]-<data>-<time> (e.g. dapo+B-synthetic-...);
+    `components` are the letters switched on (`cfg.algorithm.letters()`)."""
+    name = run_name or f"{run_label(algo, components)}-{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(output_dir) / name
 
 

@@ -49,6 +49,9 @@ def train_command(
 
         typer.echo(OmegaConf.to_yaml(raw))
         return
+    from hapo_cli.preflight import preflight
+
+    preflight(cfg)  # device, engine, GPU presets, W&B credentials, Hub reachability: before any model loads
     from hapo_cli.train.interrupt import Interrupted
     from hapo_cli.train.trainer import train
 

@@ -79,7 +79,8 @@ class RunDir:
             return Path(cfg.run_dir)
         if cfg.resume:
             raise HapoError("resume=true needs run_dir=PATH (the run directory to continue)")
-        return default_run_dir(cfg.output_dir, cfg.run_name, cfg.algorithm.name, cfg.data.path or cfg.data.name)
+        return default_run_dir(cfg.output_dir, cfg.run_name, cfg.algorithm.name, cfg.data.path or cfg.data.name,
+                               cfg.algorithm.letters())
 
     def _record_resume(self, raw_cfg, argv: list[str]) -> None:
         import yaml
