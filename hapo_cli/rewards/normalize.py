@@ -4,6 +4,11 @@
 `normalize_answer(pred) == normalize_answer(gold)` is a cheap, predictable first check; anything
 it cannot settle goes to math-verify (`hapo_cli.rewards.verify`). What it does, in order:
 
+0. Unicode spellings become ASCII/LaTeX (`unicode_to_latex`): full-width and other-script decimal
+   digits (`４２`, `٤٢`) -> `42`, vulgar fractions (`½`) -> `\\frac{1}{2}`, superscripts (`x²`) ->
+   `x^{2}`, `√`, `π`, `∞`, `×`, `·`, `−`, `≤`, ... and Greek letters -> their LaTeX commands. Any
+   other non-ASCII character is LEFT IN PLACE: the grader's parser does not know it, so an answer
+   holding one is never equal to anything but its exact spelling (`850二十` is not `850`);
 1. unwrap an outer `\\boxed{...}`/`\\fbox{...}`; drop `$`, `\\(` `\\)`, `\\[` `\\]`, Markdown `**`;
 2. drop sizing/spacing commands: `\\left`, `\\right`, `\\big..`, `\\!`, `\\,`, `\\;`, `\\:`, `~`,
    `\\displaystyle`; `\\dfrac`/`\\tfrac` -> `\\frac`;
@@ -25,6 +30,7 @@ It never turns one number into a different number: `1/2` stays `1/2`, `12` never
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from hapo_cli.rewards.extract import _scan_braced
 
@@ -56,6 +62,60 @@ _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![A-Za-z])|°|
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _DECIMAL = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?$")
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")
+
+
+_UNICODE_LATEX = {
+    "√": "\\sqrt", "∛": "\\sqrt[3]", "∜": "\\sqrt[4]", "π": "\\pi ", "∞": "\\infty ", "×": "\\times ",
+    "·": "\\cdot ", "⋅": "\\cdot ", "∙": "\\cdot ", "÷": "\\div ", "−": "-", "–": "-", "‐": "-", "‑": "-",
+    "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "±": "\\pm ", "∓": "\\mp ", "∪": "\\cup ", "∩": "\\cap ",
+    "∈": "\\in ", "∅": "\\emptyset ", "°": "^\\circ ", "⁄": "/", "∕": "/", "′": "'", "…": "\\ldots ",
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u200b": "",
+}
+_SUPERSCRIPTS = {c: str(i) for i, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")} | {"⁻": "-", "⁺": "+"}
+_VULGAR = re.compile("[\u00bc-\u00be\u2150-\u215e]")
+_SUPER_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
+_SQRT_ARG = re.compile(r"\\sqrt(\[\d\])?\s*(\d+(?:\.\d+)?|[A-Za-z]|\\pi\b|\((?:[^()]*)\))")
+
+
+def _greek(ch: str) -> str | None:
+    try:
+        name = unicodedata.name(ch)
+    except ValueError:
+        return None
+    if name.startswith("GREEK SMALL LETTER ") and " " not in name[19:]:
+        return "\\" + name[19:].lower() + " "
+    if name.startswith("GREEK CAPITAL LETTER ") and " " not in name[21:]:
+        return "\\" + name[21:].capitalize() + " "
+    return None
+
+
+def unicode_to_latex(s: str) -> str:
+    """Honest Unicode spellings of maths -> ASCII/LaTeX; unknown characters are kept (see step 0)."""
+    if s.isascii():
+        return s
+    s = _VULGAR.sub(lambda m: "\\frac{%s}{%s}" % tuple(unicodedata.normalize("NFKC", m.group(0)).split("⁄")), s)
+    s = _SUPER_RUN.sub(lambda m: "^{" + "".join(_SUPERSCRIPTS[c] for c in m.group(0)) + "}", s)
+    out = []
+    for ch in s:
+        if ch.isascii():
+            out.append(ch)
+            continue
+        if ch in _UNICODE_LATEX:
+            out.append(_UNICODE_LATEX[ch])
+            continue
+        dec = unicodedata.decimal(ch, None)
+        if dec is not None:  # ٤ (Arabic-Indic), ४ (Devanagari), ４ (full width): a decimal digit
+            out.append(str(dec))
+            continue
+        folded = unicodedata.normalize("NFKC", ch)
+        if folded.isascii() and unicodedata.category(ch) in ("Ps", "Pe", "Sm", "Po", "Pd", "Ll", "Lu"):
+            out.append(folded)  # full-width punctuation, operators and Latin letters
+            continue
+        out.append(_greek(ch) or ch)
+    s = "".join(out)
+    if "\\sqrt" in s:  # √2 -> \sqrt{2}, √(x+1) -> \sqrt{x+1}
+        s = _SQRT_ARG.sub(lambda m: "\\sqrt" + (m.group(1) or "") + "{" + m.group(2).strip("()") + "}", s)
+    return s
 
 
 def _strip_outer_box(s: str) -> str:
@@ -125,6 +185,7 @@ def normalize_answer(answer: str | None) -> str:
     s = str(answer)
     if len(s) > 5000:  # absurdly long: compare as-is (stripped), no regex work
         return s.strip()
+    s = unicode_to_latex(s)
     s = _strip_outer_box(s)
     s = s.replace("\n", " ").replace("**", "")
     s = s.replace("\\$", "").replace("$", "")
@@ -154,3 +215,29 @@ def normalize_answer(answer: str | None) -> str:
         s = c.group(1).upper()
     s = _canonical_decimal(s)
     return s
+
+
+_TRAILING_TEXT_UNIT = re.compile(
+    r"(?<=[\d}\)a-zA-Z])\s*\\(?:text|mbox|mathrm)\s*\{\s*((?:" + _UNIT_ONE + r")(?:\s+(?:per\s+)?" + _UNIT_ONE
+    + r")*)\s*\}(\s*\^\s*\{?[23]\}?)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def prepare_for_parse(answer: str) -> str:
+    """The extracted answer as the strict parser should see it: Unicode spellings in LaTeX, outer
+    box and math delimiters removed, a trailing unit (`5 \\text{ cm}`, `12 square units`) dropped,
+    Python's `**` as `^`. Nothing else is removed: whatever is left must parse as a whole."""
+    s = unicode_to_latex(str(answer)).strip()
+    s = _strip_outer_box(s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"\\[\(\)\[\]]", "", s).strip()
+    s = _strip_outer_box(s)
+    s = _TRAILING_TEXT_UNIT.sub("", s)
+    m = _TRAILING_UNIT.search(s)
+    if m and m.start() > 0:
+        head = s[: m.start()].rstrip()
+        if head and not head[-1].isalpha() or re.search(r"\\pi$", head or ""):
+            s = head
+    s = s.replace("**", "^")
+    return s.strip().rstrip(".").strip()
