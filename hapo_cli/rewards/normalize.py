@@ -89,11 +89,16 @@ def _greek(ch: str) -> str | None:
     return None
 
 
+def _vulgar_frac(m: re.Match) -> str:
+    num, _, den = unicodedata.normalize("NFKC", m.group(0)).partition("⁄")  # ½ -> "1⁄2"
+    return "\\frac{" + num + "}{" + den + "}"
+
+
 def unicode_to_latex(s: str) -> str:
     """Honest Unicode spellings of maths -> ASCII/LaTeX; unknown characters are kept (see step 0)."""
     if s.isascii():
         return s
-    s = _VULGAR.sub(lambda m: "\\frac{%s}{%s}" % tuple(unicodedata.normalize("NFKC", m.group(0)).split("⁄")), s)
+    s = _VULGAR.sub(_vulgar_frac, s)
     s = _SUPER_RUN.sub(lambda m: "^{" + "".join(_SUPERSCRIPTS[c] for c in m.group(0)) + "}", s)
     out = []
     for ch in s:
