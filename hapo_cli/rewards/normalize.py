@@ -19,7 +19,7 @@ it cannot settle goes to math-verify (`hapo_cli.rewards.verify`). What it does, 
    number is dropped;
 5. a leading `x =` (one short variable name and a single `=`) is dropped;
 6. `\\sqrt2` -> `\\sqrt{2}`, `\\frac12` -> `\\frac{1}{2}`; multiple-choice `(A)` -> `A`;
-7. all whitespace and a trailing `.`/`,`/`;`/`:` are removed;
+7. all whitespace (but one space between two digits: `8 16` is not `816`; `1 000` is 1000) and a trailing `.`/`,`/`;`/`:` are removed;
 8. plain decimals are canonical: `1,000` -> `1000` (groups of exactly three digits only),
    `.5` -> `0.5`, `2.50` -> `2.5`, `3.0` -> `3`, `+4` -> `4`, `-0` -> `0`.
 
@@ -43,6 +43,8 @@ UNIT_WORDS = frozenset(
     cent cents s sec second seconds min minute minutes h hr hrs hour hours day days week weeks month
     months year years g gram grams kg kilogram kilograms lb lbs pound pounds oz ounce ounces l liter
     liters litre litres ml milliliter milliliters gallon gallons point points mps ways people persons times
+    percent percentage pct acre acres hectare hectares kmph kmh gal yr yrs apple apples student students coin coins
+    men women children child toy toys tile tiles edge edges digit digits meal meals rupee rupees ohm ohms cube cubes
     """.split()
 )
 
@@ -59,6 +61,8 @@ _TRAILING_UNIT = re.compile(
 _LEADING_VAR = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?!=)")
 _SIZING = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg)(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])")
+_SPACED_THOUSANDS = re.compile(r"^\s*[+-]?\d{1,3}(?:[ \u00a0]\d{3})+(?:\.\d+)?\s*$")
+_DIGIT_SPACE_DIGIT = re.compile(r"(?<=\d)\s+(?=\d)")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _DECIMAL = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?$")
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")
@@ -213,7 +217,10 @@ def normalize_answer(answer: str | None) -> str:
     s = _LEADING_VAR.sub("", s, count=1) if s.count("=") == 1 else s
     s = _fix_sqrt(s)
     s = _fix_fracs(s)
-    s = re.sub(r"\s+", "", s)
+    if _SPACED_THOUSANDS.match(s):
+        s = re.sub(r"\s+", "", s)  # "1 000 000" (groups of three digits)
+    s = _DIGIT_SPACE_DIGIT.sub(" ", s)  # "8 16" is not 816: the one space kept between two digits
+    s = re.sub(r"(?<!\d) +| +(?!\d)|[\t\r\n\f\v]+", "", s)
     s = s.rstrip(".,;:")
     c = _CHOICE.match(s)
     if c:
@@ -245,4 +252,6 @@ def prepare_for_parse(answer: str) -> str:
         if head and not head[-1].isalpha() or re.search(r"\\pi$", head or ""):
             s = head
     s = s.replace("**", "^")
+    s = re.sub(r"^\\approx(?![A-Za-z])\s*", "", s)  # "\\approx 3.14": the value is what follows
+    s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
     return s.strip().rstrip(".").strip()

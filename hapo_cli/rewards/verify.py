@@ -157,6 +157,7 @@ def _pred_norm_config():
     return _PRED_NORM_CONFIG
 
 
+_NUMBER_SUBSCRIPT = re.compile(r"(?<![A-Za-z\\])\d+\s*_")
 _EQ_SPLIT = re.compile(r"(?<![\\<!>])=")
 
 
@@ -167,8 +168,8 @@ def parse_answer_strict(pred: str) -> list | None:
     from math_verify.grader import should_treat_as_complex
 
     text = normalize_latex(prepare_for_parse(pred), _pred_norm_config()).strip()
-    if not text:
-        return None
+    if not text or _NUMBER_SUBSCRIPT.search(text):
+        return None  # the grammar ignores a subscript on a number (816_{5} reads as 816): not understood
 
     def one(latex: str):
         return latex2sympy(latex, is_real=not should_treat_as_complex(latex), convert_degrees=False,
