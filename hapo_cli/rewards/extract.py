@@ -148,9 +148,10 @@ def extract_final_statement(text: str, after: int = 0) -> str | None:
     if fin and fin.group(1).strip():
         ans = fin.group(1).strip()
     ans = re.sub(r"(?i)\.?\s*I hope it is correct\.?\s*$", "", ans).strip()
+    ans = ans.rstrip(".").strip()
     if ans.startswith("$") and ans.endswith("$") and len(ans) > 1:
         ans = ans.strip("$").strip()
-    return ans.rstrip(".").strip() or None
+    return ans or None
 
 
 def _boxed_answer(text: str, combine: bool) -> str | None:
