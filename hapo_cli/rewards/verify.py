@@ -370,8 +370,9 @@ def dapo_reward(
 ) -> tuple[float, float]:
     """DAPO reward -> (score, accuracy): (+1.0, 1.0) when correct, (-1.0, 0.0) otherwise.
 
-    The answer is the last `Answer:` line within the last 300 characters (DAPO); with
-    `accept_boxed` a `\\boxed{}` answer is accepted when there is no such line. Exact match after
+    The answer is the last `Answer:` line within the last 300 characters (DAPO's rule: a box is NOT
+    read by default); with `accept_boxed` (the data config's `data.accept_boxed`) a `\\boxed{}`
+    answer is accepted when there is no such line. Exact match after
     normalisation, math-verify as the second chance. Runs in this process: from a worker thread
     math-verify runs without a timeout, so batch rewards should go through `dapo_rewards(...,
     pool=GradingPool())`.
