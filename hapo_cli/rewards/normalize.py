@@ -229,11 +229,16 @@ def normalize_answer(answer: str | None) -> str:
     return s
 
 
-_TRAILING_TEXT_UNIT = re.compile(
-    r"(?<=[\d}\)a-zA-Z])\s*\\(?:text|mbox|mathrm)\s*\{\s*((?:" + _UNIT_ONE + r")(?:\s+(?:per\s+)?" + _UNIT_ONE
-    + r")*)\s*\}(\s*\^\s*\{?[23]\}?)?\s*$",
+# units for the strict parse: compound ones too ("m/s", "km per hour", "ft^2", "in."), inside \\text{} or bare
+_UNIT_ATOM = r"(?:" + _UNIT_ALT + r")\.?(?:\s*\^\s*\{?[23]\}?)?"
+_UNIT_RUN = _UNIT_ATOM + r"(?:\s*(?:/|\bper\b|\\cdot)?\s*" + _UNIT_ATOM + r")*"
+_TEXT_UNIT = re.compile(
+    r"\\(?:text|textrm|textnormal|textbf|textit|mathrm|mathit|mbox|operatorname)\s*\{\s*(?:~|\\[,;: ])?\s*(" + _UNIT_RUN
+    + r")\s*\}",
     re.IGNORECASE,
 )
+_TRAILING_UNIT_RUN = re.compile(r"(?<=[\d}\)])(?:\s|~|\\[,;: !])+(?:" + _UNIT_RUN + r")(?:\s*\^\s*\{?[23]\}?)?\s*$", re.IGNORECASE)
+_DEGREE_SCALE = re.compile(r"(\^\s*\{?\s*\\circ\s*\}?)\s*(?:\\(?:text|mathrm)\s*\{\s*[CFK]\s*\}|[CFK])\s*$")
 
 
 def prepare_for_parse(answer: str) -> str:
@@ -245,12 +250,12 @@ def prepare_for_parse(answer: str) -> str:
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"\\[\(\)\[\]]", "", s).strip()
     s = _strip_outer_box(s)
-    s = _TRAILING_TEXT_UNIT.sub("", s)
-    m = _TRAILING_UNIT.search(s)
-    if m and m.start() > 0:
-        head = s[: m.start()].rstrip()
-        if head and not head[-1].isalpha() or re.search(r"\\pi$", head or ""):
-            s = head
+    s = _TEXT_UNIT.sub(lambda m: " " + m.group(1) + " ", s).strip()  # \\text{ km/h} -> km/h
+    s = _TRAILING_UNIT_RUN.sub("", s)
+    m = _TRAILING_UNIT.search(s)  # "3 \\pi square units"
+    if m and m.start() > 0 and re.search(r"\\pi$", s[: m.start()].rstrip()):
+        s = s[: m.start()].rstrip()
+    s = _DEGREE_SCALE.sub(r"\1", s)  # 90^\\circ C -> 90^\\circ
     s = s.replace("**", "^")
     s = re.sub(r"^\\approx(?![A-Za-z])\s*", "", s)  # "\\approx 3.14": the value is what follows
     s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
