@@ -19,7 +19,8 @@ it cannot settle goes to math-verify (`hapo_cli.rewards.verify`). What it does, 
    number is dropped;
 5. a leading `x =` (one short variable name and a single `=`) is dropped;
 6. `\\sqrt2` -> `\\sqrt{2}`, `\\frac12` -> `\\frac{1}{2}`; multiple-choice `(A)` -> `A`;
-7. all whitespace (but one space between two digits: `8 16` is not `816`; `1 000` is 1000) and a trailing `.`/`,`/`;`/`:` are removed;
+7. all whitespace (but one space between two digits: `8 16` is not `816`; `1 000` is 1000) and ONE
+   trailing `.`/`,`/`;`/`:` are removed (`5;;` is not `5`);
 8. plain decimals are canonical: `1,000` -> `1000` (groups of exactly three digits only),
    `.5` -> `0.5`, `2.50` -> `2.5`, `3.0` -> `3`, `+4` -> `4`, `-0` -> `0`.
 
@@ -221,7 +222,8 @@ def normalize_answer(answer: str | None) -> str:
         s = re.sub(r"\s+", "", s)  # "1 000 000" (groups of three digits)
     s = _DIGIT_SPACE_DIGIT.sub(" ", s)  # "8 16" is not 816: the one space kept between two digits
     s = re.sub(r"(?<!\d) +| +(?!\d)|[\t\r\n\f\v]+", "", s)
-    s = s.rstrip(".,;:")
+    if s and s[-1] in ".,;:":
+        s = s[:-1]  # one closing punctuation mark ("5." "5,"); "5;;" or "5..." are not "5"
     c = _CHOICE.match(s)
     if c:
         s = c.group(1).upper()
@@ -259,4 +261,5 @@ def prepare_for_parse(answer: str) -> str:
     s = s.replace("**", "^")
     s = re.sub(r"^\\approx(?![A-Za-z])\s*", "", s)  # "\\approx 3.14": the value is what follows
     s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
-    return s.strip().rstrip(".").strip()
+    s = s.strip()
+    return s[:-1].rstrip() if s.endswith(".") and not s.endswith("..") else s
