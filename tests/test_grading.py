@@ -204,10 +204,14 @@ def test_final_boxes_and_statements():
     assert extract_final_boxes(r"\boxed{1}" + "x" * 81 + r"\boxed{2}") == ["2"]  # too far apart
     assert extract_final_boxes(r"\boxed{1} \boxed{2") == []
     assert extract_final_boxes(r"\boxed{\boxed{7}} and \boxed{8}") == ["7", "8"]
-    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}", combine=True) == "-2, 1"
+    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}", parts=2) == "-2, 1"
+    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}", parts=2, shape="set") == r"\{-2, 1\}"
+    assert extract_answer(r"sum \boxed{5}, pair \boxed{(2, 3)}", parts=2, shape="tuple") == "(2, 3)"  # last box has both
+    assert extract_answer(r"\boxed{9} \boxed{1} \boxed{2}", parts=2) == "1, 2"  # the last boxes holding 2 parts
     assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}") == "1"
     assert extract_final_statement("Final Answer: $7$.") == "7"
     assert extract_final_statement("**Final answer**: 3\nI hope it is correct.") == "3"
+    assert extract_final_statement("Final Answer: The answer is 6.") == "6"
     assert extract_answer("\\boxed{2}\nFinal Answer: 3") == "3"
     assert extract_answer("Final Answer: 3\n\\boxed{2}") == "2"
     assert extract_answer("\\boxed{4}\nAnswer: 5") == "4"  # only a FINAL-answer statement overrides the box

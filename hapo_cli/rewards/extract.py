@@ -11,8 +11,9 @@ Rules (the golden file `tests/data/golden_grading.jsonl` pins every one of them)
   `The final answer is X. I hope it is correct.` on that line is reduced to `X`.
 - Several boxes (`extract_final_boxes`): the boxes of the final answer are the trailing run of
   boxes that follow one another closely (at most 80 characters between two, no blank line):
-  "x = \\boxed{-2} or x = \\boxed{1}". `extract_answer(..., combine=True)` (the grader asks for it
-  when the gold answer has several parts) joins that run with ", "; otherwise the last box alone.
+  "x = \\boxed{-2} or x = \\boxed{1}". With `extract_answer(..., parts=n)` (the grader passes the
+  gold's number of parts) the last boxes of that run that together hold n parts are joined with
+  ", "; with n = 1 (the default) the last box alone. Earlier boxes never count, as for one box.
 - A final-answer statement after the last box (boxed mode): when the completion ends with a
   `Final Answer: X` / `The final answer is X` line AFTER its last box, that statement is the answer
   (the model restated or corrected itself after an intermediate box).
@@ -148,14 +149,55 @@ def extract_final_statement(text: str, after: int = 0) -> str | None:
     if fin and fin.group(1).strip():
         ans = fin.group(1).strip()
     ans = re.sub(r"(?i)\.?\s*I hope it is correct\.?\s*$", "", ans).strip()
+    ans = re.sub(r"(?i)^(?:so\s+)?(?:the\s+)?(?:answer|result|value)\s+is\s*:?\s*", "", ans)  # "The answer is 6"
     ans = ans.rstrip(".").strip()
     if ans.startswith("$") and ans.endswith("$") and len(ans) > 1:
         ans = ans.strip("$").strip()
     return ans or None
 
 
-def _boxed_answer(text: str, combine: bool) -> str | None:
-    """Boxed mode: a final-answer statement after the last box, else the final box(es)."""
+def _top_level_split(s: str) -> list[str]:
+    """`s` split at commas/semicolons outside brackets (a thousands separator does not split)."""
+    parts, depth, cur = [], 0, []
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch in ",;" and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    if len(parts) > 1 and re.fullmatch(r"\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*", s):
+        return [s]
+    return [p for p in parts if p.strip()]
+
+
+def answer_parts(answer: str) -> tuple[int, str]:
+    """How many parts an answer has, and its shape: (n, "set" | "tuple" | "list"): top-level commas
+    and semicolons, "and"/"or", the elements of a set or tuple; `1,000` is one part."""
+    g = str(answer).strip().strip("$").strip()
+    g = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", g)
+    shape = "list"
+    for open_, close, kind in (("\\{", "\\}", "set"), ("(", ")", "tuple"), ("[", "]", "tuple")):
+        if g.startswith(open_) and g.endswith(close):
+            inner = g[len(open_) : len(g) - len(close)]
+            if open_ == "\\{" or _scan_braced("{" + inner.replace("(", "{").replace(")", "}") + "}", 0) == len(inner) + 2:
+                g, shape = inner, kind
+                break
+    g = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\b(?:and|or)\b", ",", g)
+    n = len(_top_level_split(g))
+    return n, shape
+
+
+def _boxed_answer(text: str, parts: int = 1, shape: str = "list") -> str | None:
+    """Boxed mode: a final-answer statement after the last box, else the final box, or the last
+    boxes of the final run that together have `parts` parts (joined, wrapped as `shape`)."""
     end = _last_box_end(text)
     if end >= 0:
         stated = extract_final_statement(text, after=end)
@@ -164,7 +206,19 @@ def _boxed_answer(text: str, combine: bool) -> str | None:
     boxes = extract_final_boxes(text)
     if not boxes:
         return None
-    return ", ".join(boxes) if combine and len(boxes) > 1 else boxes[-1]
+    if parts <= 1 or len(boxes) == 1:
+        return boxes[-1]
+    chosen: list[str] = []
+    have = 0
+    for b in reversed(boxes):
+        chosen.insert(0, b)
+        have += answer_parts(b)[0]
+        if have >= parts:
+            break
+    if len(chosen) == 1:
+        return chosen[0]
+    joined = ", ".join(chosen)
+    return {"set": "\\{" + joined + "\\}", "tuple": "(" + joined + ")"}.get(shape, joined)
 
 
 def extract_answer_line(text: str, tail_chars: int = ANSWER_TAIL_CHARS) -> str | None:
@@ -193,19 +247,20 @@ def _raw_line(text: str) -> str | None:
     return line.rstrip(".").strip() or None
 
 
-def extract_answer(text: str, prefer: str = "boxed", *, combine: bool = False) -> str | None:
+def extract_answer(text: str, prefer: str = "boxed", *, parts: int = 1, shape: str = "list") -> str | None:
     """The model's final answer: `prefer` = "boxed" (box first, then Answer: line),
     "answer" (Answer: line first, then box), "answer_only" (strict DAPO: Answer: line only) or
     "raw" (box, then Answer: line, else the last non-empty line of the completion: for prompts
-    that ask for no particular format). `combine`: join the boxes of the final answer with ", "
-    (used when the gold answer has several parts) instead of keeping the last box."""
+    that ask for no particular format). `parts` > 1 (the gold answer has that many parts): the last
+    boxes of the final run that together have as many parts are joined with ", " (wrapped in
+    `\\{ \\}` or `( )` for `shape` "set" / "tuple") instead of keeping the last box alone."""
     text = text or ""
     if prefer == "raw":
-        return _boxed_answer(text, combine) or extract_answer_line(text) or _raw_line(text)
+        return _boxed_answer(text, parts, shape) or extract_answer_line(text) or _raw_line(text)
     if prefer == "answer_only":
         return extract_answer_line(text)
     if prefer == "answer":
-        return extract_answer_line(text) or _boxed_answer(text, combine)
+        return extract_answer_line(text) or _boxed_answer(text, parts, shape)
     if prefer == "boxed":
-        return _boxed_answer(text, combine) or extract_answer_line(text)
+        return _boxed_answer(text, parts, shape) or extract_answer_line(text)
     raise ValueError(f"prefer must be 'boxed', 'answer', 'answer_only' or 'raw', got {prefer!r}")

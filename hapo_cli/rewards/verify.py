@@ -13,8 +13,8 @@ Order (the same for the trainer's reward and for `hapo eval`):
    count when every part parses (the last one is the answer).
 
 Several boxes: when the gold has several parts (`gold_parts`: top-level commas, "and"/"or", the
-elements of a set), the boxes of the final answer are combined (`extract_answer(combine=True)`);
-a single-part gold is graded against the last box alone.
+elements of a set), the last boxes of the final answer that together have that many parts are
+combined (`extract_answer(parts=n)`); a single-part gold is graded against the last box alone.
 
 Time limits are CPU time where the platform allows it (`cpu_time_limit`: ITIMER_PROF, main thread
 only), so a busy machine does not turn a slow-but-correct answer into a timeout; otherwise
@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from hapo_cli.rewards.extract import _scan_braced, extract_answer
+from hapo_cli.rewards.extract import answer_parts, extract_answer
 from hapo_cli.rewards.normalize import normalize_answer, prepare_for_parse, unicode_to_latex
 
 DEFAULT_MV_TIMEOUT = 5.0  # seconds math-verify may spend on one parse / one comparison
@@ -279,57 +279,15 @@ def _mv_result(pred: str, pred_norm: str, ok: bool, timed_out: bool, understood:
     return GradeResult(ok, pred, pred_norm, "math_verify" if ok else "mismatch")
 
 
-def _top_level_split(s: str) -> list[str]:
-    """`s` split at commas/semicolons outside brackets (a thousands separator does not split)."""
-    parts, depth, cur = [], 0, []
-    i = 0
-    while i < len(s):
-        ch = s[i]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch in ",;" and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    if len(parts) > 1 and re.fullmatch(r"\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*", s):
-        return [s]
-    return [p for p in parts if p.strip()]
-
-
 def gold_parts(gold: str) -> tuple[int, str]:
     """How many parts the gold answer has, and its shape: (n, "set" | "tuple" | "list")."""
-    g = unicode_to_latex(str(gold)).strip().strip("$").strip()
-    g = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", g)
-    shape = "list"
-    for open_, close, kind in (("\\{", "\\}", "set"), ("(", ")", "tuple"), ("[", "]", "tuple")):
-        if g.startswith(open_) and g.endswith(close):
-            inner = g[len(open_) : len(g) - len(close)]
-            if open_ == "\\{" or _scan_braced("{" + inner.replace("(", "{").replace(")", "}") + "}", 0) == len(inner) + 2:
-                g, shape = inner, kind
-                break
-    g = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\b(?:and|or)\b", ",", g)
-    n = len(_top_level_split(g))
-    return n, shape
+    return answer_parts(unicode_to_latex(str(gold)))
 
 
 def _combined_pred(completion: str, gold: str, prefer: str) -> str | None:
-    """The extracted answer, boxes of the final answer combined when the gold has several parts."""
-    n, shape = gold_parts(gold) if "boxed" in completion or "fbox" in completion else (1, "list")
-    pred = extract_answer(completion, prefer=prefer, combine=n > 1)
-    if n > 1 and pred is not None and shape != "list" and len(extract_answer_boxes(completion)) > 1:
-        pred = f"\\{{{pred}\\}}" if shape == "set" else f"({pred})"
-    return pred
-
-
-def extract_answer_boxes(completion: str) -> list[str]:
-    from hapo_cli.rewards.extract import extract_final_boxes
-
-    return extract_final_boxes(completion)
+    """The extracted answer, the boxes of the final answer combined when the gold has several parts."""
+    n, shape = gold_parts(gold) if ("boxed" in completion or "fbox" in completion) else (1, "list")
+    return extract_answer(completion, prefer=prefer, parts=n, shape=shape)
 
 
 def _precheck_parts(completion: str, gold: str, *, prefer: str = "boxed") -> tuple[GradeResult | None, str | None, str]:
