@@ -8,7 +8,8 @@ Rules (the golden file `tests/data/golden_grading.jsonl` pins every one of them)
   box is not used, because the model's final statement is the one graded.
 - Answer line (DAPO): in the last 300 characters, the last line matching `Answer: ...`
   (case-insensitive); the rest of that line is the answer. A Minerva-style
-  `The final answer is X. I hope it is correct.` on that line is reduced to `X`.
+  `The final answer is X. I hope it is correct.` on that line is reduced to `X`, and so is
+  `The answer is X.`
 - Several boxes (`extract_final_boxes`): the boxes of the final answer are the trailing run of
   boxes that follow one another closely (at most 80 characters between two, no blank line):
   "x = \\boxed{-2} or x = \\boxed{1}". With `extract_answer(..., parts=n)` (the grader passes the
@@ -37,6 +38,7 @@ _FINAL_ANSWER_IS = re.compile(r"(?i)^(?:the\s+)?final\s+answer\s+is\s*:?\s*(.*?)
 _MD_NOISE = re.compile(r"^[\s*_#>]+|[\s*_]+$")
 # "Final Answer: X", "**Final answer**: X", "The final answer is X" on one line
 _FINAL_STATEMENT = re.compile(r"(?im)^[ \t*_#>]*(?:the\s+)?final\s+answer[ \t*_]*(?:is\b|:)[ \t*_:]*([^\n]*)$")
+_ANSWER_IS = re.compile(r"(?i)^(?:so\s+|thus\s+|therefore\s*,?\s+)?(?:the\s+)?(?:final\s+)?(?:answer|result|value)\s+is\s*:?\s*")
 _RUN_GAP = 80  # most characters between two boxes of one final answer
 _SENTENCE_TAIL = re.compile(r"(?i)(?:\bis\b|=|:)\s*([^=:]*?)\s*\.?\s*$")
 
@@ -149,7 +151,7 @@ def extract_final_statement(text: str, after: int = 0) -> str | None:
     if fin and fin.group(1).strip():
         ans = fin.group(1).strip()
     ans = re.sub(r"(?i)\.?\s*I hope it is correct\.?\s*$", "", ans).strip()
-    ans = re.sub(r"(?i)^(?:so\s+)?(?:the\s+)?(?:answer|result|value)\s+is\s*:?\s*", "", ans)  # "The answer is 6"
+    ans = _ANSWER_IS.sub("", ans)  # "The answer is 6"
     ans = ans.rstrip(".").strip()
     if ans.startswith("$") and ans.endswith("$") and len(ans) > 1:
         ans = ans.strip("$").strip()
@@ -233,6 +235,9 @@ def extract_answer_line(text: str, tail_chars: int = ANSWER_TAIL_CHARS) -> str |
     fin = _FINAL_ANSWER_IS.match(ans)
     if fin and fin.group(1).strip():
         ans = fin.group(1).strip()
+    short = _ANSWER_IS.sub("", ans)  # "Answer: The answer is 5" -> "5"
+    if short != ans and short.strip():
+        ans = short.rstrip(". ").strip()
     return ans or None
 
 
