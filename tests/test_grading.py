@@ -216,6 +216,8 @@ def test_final_boxes_and_statements():
     assert extract_answer("Final Answer: 3\n\\boxed{2}") == "2"
     assert extract_answer("\\boxed{4}\nAnswer: 5") == "4"  # only a FINAL-answer statement overrides the box
     assert extract_answer("Hmm.\nThe value is 85.", "raw") == "85"
+    assert extract_answer("Hmm.\nIt is $\\frac{1}{2}$, I think.", "raw") == "\\frac{1}{2}"
+    assert extract_answer("Answer: The answer is 5.", "answer_only") == "5"
 
 
 def test_gold_parts_and_combined_grading():

@@ -20,7 +20,8 @@ Rules (the golden file `tests/data/golden_grading.jsonl` pins every one of them)
   (the model restated or corrected itself after an intermediate box).
 - `extract_answer(text, prefer=...)` tries the preferred form first and falls back to the other;
   `prefer="raw"` (prompts without a format instruction) finally takes the last non-empty line,
-  reduced to what follows its last "is" / "=" / ":" when the line is a sentence ("So the answer is 85.").
+  reduced to its last maths span (`$...$`, `\\(...\\)`, `\\[...\\]`), else to what follows its last
+  "is" / "=" / ":" when the line is a sentence ("So the answer is 85.").
 
 Everything here is plain string scanning with linear-time regexes, so it is safe to run in the
 main process on arbitrary model output.
@@ -39,6 +40,7 @@ _MD_NOISE = re.compile(r"^[\s*_#>]+|[\s*_]+$")
 # "Final Answer: X", "**Final answer**: X", "The final answer is X" on one line
 _FINAL_STATEMENT = re.compile(r"(?im)^[ \t*_#>]*(?:the\s+)?final\s+answer[ \t*_]*(?:is\b|:)[ \t*_:]*([^\n]*)$")
 _ANSWER_IS = re.compile(r"(?i)^(?:so\s+|thus\s+|therefore\s*,?\s+)?(?:the\s+)?(?:final\s+)?(?:answer|result|value)\s+is\s*:?\s*")
+_MATH_SPAN = re.compile(r"\$\$([^$]+)\$\$|\$([^$]+)\$|\\\(((?:(?!\\\)).)+)\\\)|\\\[((?:(?!\\\]).)+)\\\]")
 _RUN_GAP = 80  # most characters between two boxes of one final answer
 _SENTENCE_TAIL = re.compile(r"(?i)(?:\bis\b|=|:)\s*([^=:]*?)\s*\.?\s*$")
 
@@ -245,6 +247,10 @@ def _raw_line(text: str) -> str | None:
     if not text or not text.strip():
         return None
     line = text.strip().splitlines()[-1].strip()
+    spans = _MATH_SPAN.findall(line)
+    if spans:  # "The answer is $\\frac{1}{2}$, I think." -> the last maths span
+        last = spans[-1]
+        return next((g for g in last if g), "").strip() or None
     if " " in line.strip():  # a sentence: keep what follows its last "is" / "=" / ":"
         m = _SENTENCE_TAIL.search(line)
         if m and m.group(1).strip():
