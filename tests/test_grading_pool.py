@@ -89,37 +89,36 @@ def test_pathological_answer_times_out_counts_wrong_and_rest_is_graded(caplog):
     completions = [r"\boxed{\frac{2}{4}}", PATHOLOGICAL, r"\boxed{0.5}", r"\boxed{3}", r"\boxed{x^2+2x+1}"]
     golds = [r"\frac12", "1", r"\frac{1}{2}", "4", "(x+1)^2"]
     # mv_timeout far above the pool timeout: only the hard kill can stop the pathological item
-    with GradingPool(num_workers=2, timeout=1.0, mv_timeout=60) as pool, caplog.at_level("WARNING", "hapo.grading"):
+    # (no retry here, to keep the test short: retries are tested on map() below)
+    with GradingPool(num_workers=2, timeout=1.0, mv_timeout=60, retry_timeouts=False) as pool, \
+            caplog.at_level("WARNING", "hapo.grading"):
         res = pool.grade(completions, golds, prefer="boxed")
         assert [r.correct for r in res] == [True, False, True, False, True]
         bad = res[1]
         assert bad.timed_out and bad.verdict == "timeout" and bad.method == "timeout"
         assert bad.pred == "9^{9^{9^{9}}}"
-        assert pool.n_timeouts == 1 and pool.n_retries == 1
-        assert [e["kind"] for e in pool.events] == ["retry", "timeout"]  # killed twice: once, then on the retry
-        assert "9^{9^{9^{9}}}" in pool.events[1]["what"]
-        # the training API: the same verdicts as rewards, the pathological one flagged as timed out
-        pool.retry_timeouts = False
-        assert pool.grade_rewards(completions[:2], golds[:2], reward="dapo", accept_boxed=True) == [
-            (1.0, 1.0, False), (-1.0, 0.0, True)]
-        assert pool.n_timeouts == 2 and pool.n_retries == 1
+        assert pool.n_timeouts == 1 and pool.n_retries == 0 and pool.events[0]["kind"] == "timeout"
+        assert "9^{9^{9^{9}}}" in pool.events[0]["what"]
     assert any("timed out" in rec.getMessage() for rec in caplog.records)
 
 
-def test_math_verify_internal_timeout_is_reported_too():
-    """With math-verify's own (signal) timeout shorter than the pool's, the verdict is still 'timeout'."""
-    with GradingPool(num_workers=1, timeout=60, mv_timeout=1) as pool:
-        res = pool.grade([PATHOLOGICAL, r"\boxed{2}"], ["1", "2"])
-    assert res[0].timed_out and not res[0].correct
-    assert res[1].correct and res[1].method == "exact"
+def test_math_verify_internal_timeout_is_retried_and_reported():
+    """With math-verify's own (CPU) budget shorter than the pool's, the answer is retried once,
+    then reported as a timeout: in the training API too."""
+    with GradingPool(num_workers=1, timeout=60, mv_timeout=0.5) as pool:
+        out = pool.grade_rewards([PATHOLOGICAL, r"\boxed{2}", "Answer: 3"], ["1", "2", "3"], reward="dapo",
+                                 accept_boxed=True)
+        assert out == [(-1.0, 0.0, True), (1.0, 1.0, False), (1.0, 1.0, False)]
+        assert pool.n_retries == 1 and pool.n_timeouts == 1 and pool.n_restarts == 0  # no kill needed
+        assert [e["kind"] for e in pool.events] == ["retry"]
 
 
 def test_budget_is_cpu_time_not_wall_time():
     """A worker that waits (no CPU used: the machine is busy elsewhere) is not killed at `timeout`;
     one that computes is, after one retry; the wall-time backstop still stops a stuck worker."""
-    with GradingPool(num_workers=1, timeout=0.5, wall_timeout=3.0, warmup=False) as pool:
-        res = pool.map(sleepy_grader, [("nap1.5",), ("spin",), ("ok",)])
-        assert res[0].ok and res[0].value == "NAP1.5" and res[0].seconds >= 1.5  # 3x the budget in wall time
+    with GradingPool(num_workers=1, timeout=0.3, wall_timeout=3.0, warmup=False) as pool:
+        res = pool.map(sleepy_grader, [("nap1.0",), ("spin",), ("ok",)])
+        assert res[0].ok and res[0].value == "NAP1.0" and res[0].seconds >= 1.0  # 3x the budget in wall time
         assert res[1].timed_out and res[2].value == "OK"
         assert pool.n_timeouts == 1 and pool.n_retries == 1
 
