@@ -32,6 +32,7 @@ import re
 import signal
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from hapo_cli.rewards.extract import answer_parts, extract_answer
@@ -161,9 +162,43 @@ _NUMBER_SUBSCRIPT = re.compile(r"(?<![A-Za-z\\])\d+\s*_")
 _EQ_SPLIT = re.compile(r"(?<![\\<!>])=")
 
 
+class _LRU:
+    """A small least-recently-used cache of parse results (a training group grades one gold
+    against many answers, and answers repeat); failures and timeouts are never stored."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self.data: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        val = self.data.get(key)
+        if val is not None:
+            self.data.move_to_end(key)
+        return val
+
+    def put(self, key, val) -> None:
+        if val:
+            self.data[key] = val
+            if len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+_PRED_CACHE = _LRU()
+_GOLD_CACHE = _LRU()
+
+
 def parse_answer_strict(pred: str) -> list | None:
     """The answer as math-verify's LaTeX grammar reads it ALL, as `[sympy_object, latex]`, or None
     when any part of it is not understood (see the module docstring)."""
+    hit = _PRED_CACHE.get(pred)
+    if hit is not None:
+        return hit
+    out = _parse_answer_strict(pred)
+    _PRED_CACHE.put(pred, out)
+    return out
+
+
+def _parse_answer_strict(pred: str) -> list | None:
     from latex2sympy2_extended.latex2sympy2 import latex2sympy, normalize_latex
     from math_verify.grader import should_treat_as_complex
 
@@ -204,10 +239,14 @@ def parse_answer_strict(pred: str) -> list | None:
 def _parse_gold(gold: str, secs: int | None) -> list:
     from math_verify import parse
 
-    gold = unicode_to_latex(gold)
-    g = parse(_as_latex(gold), parsing_timeout=secs)
+    hit = _GOLD_CACHE.get(gold)
+    if hit is not None:
+        return hit
+    text = unicode_to_latex(gold)
+    g = parse(_as_latex(text), parsing_timeout=secs)
     if not g:
-        g = parse(f"\\boxed{{{gold}}}", parsing_timeout=secs)
+        g = parse(f"\\boxed{{{text}}}", parsing_timeout=secs)
+    _GOLD_CACHE.put(gold, g)
     return g
 
 
