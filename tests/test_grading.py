@@ -22,13 +22,14 @@ CASES = [json.loads(line) for line in GOLDEN.read_text(encoding="utf-8").splitli
 
 
 def test_golden_file_is_big_and_balanced():
-    assert len(CASES) >= 80
+    assert len(CASES) >= 160
     assert len({c["id"] for c in CASES}) == len(CASES)
     n_true = sum(c["expected"] for c in CASES)
     assert 30 <= n_true <= len(CASES) - 30  # both verdicts well represented
     cats = {c["category"] for c in CASES}
     for needed in ("integer", "fraction", "decimal", "latex", "interval", "set", "degree", "percent", "unit",
-                   "answer_line", "malformed", "empty", "several_boxes"):
+                   "answer_line", "malformed", "empty", "several_boxes", "junk", "junk_honest", "unicode",
+                   "multi_box", "final_statement", "raw"):
         assert needed in cats
 
 
@@ -158,3 +159,107 @@ def test_grade_result_verdicts():
     assert grade_completion("nothing", "3").verdict == "no_answer"
     r = grade_completion("\\boxed{4}", "3")
     assert r.as_dict()["verdict"] == "wrong" and r.pred == "4" and r.pred_norm == "4"
+
+
+# ---- issue 16: junk, Unicode, several boxes, final statements, CPU-time budget ----
+
+def test_junk_is_rejected_generally_not_by_a_list():
+    """Any character or token the parse does not account for makes the answer wrong, whatever it is."""
+    from hapo_cli.rewards.verify import parse_answer_strict
+
+    for junk in ["\u2603", "\u0416", "\u00a7", "?", "@", "#", "\\qux", "\\text{ (or 2)}", "\u2162", "\u0e53"]:
+        for answer in [f"408 {junk}", f"{junk} 408", f"408{junk}"]:
+            res = grade_completion(f"\\boxed{{{answer}}}", "408")
+            assert not res.correct, (answer, res)
+    assert parse_answer_strict("408 \u2603") is None
+    assert parse_answer_strict("408 \\qux") is None
+    assert parse_answer_strict("x = 1 = 2 \u2603") is None  # chained equality: every part must parse
+    assert grade_completion(r"\\boxed{x = 2 + 3 = 5}", "5").correct
+    assert str(parse_answer_strict("50\\%")[0]) == "1/2"  # percent read as math-verify reads it
+    assert parse_answer_strict("816_{5}") is None  # the grammar would drop the subscript
+
+
+def test_unicode_spellings():
+    from hapo_cli.rewards.normalize import prepare_for_parse, unicode_to_latex
+
+    assert unicode_to_latex("\uff14\uff12") == "42"
+    assert unicode_to_latex("\u0664\u0662") == "42"
+    assert unicode_to_latex("\u00bd") == "\\frac{1}{2}"
+    assert unicode_to_latex("2\u221a3") == "2\\sqrt{3}"
+    assert unicode_to_latex("\u221a(x+1)") == "\\sqrt{x+1}"
+    assert unicode_to_latex("x\u00b2") == "x^{2}"
+    assert unicode_to_latex("\u03b1") == "\\alpha "
+    assert unicode_to_latex("850\u4e8c") == "850\u4e8c"  # unknown: kept, so the parser rejects it
+    assert unicode_to_latex("plain ascii") == "plain ascii"
+    assert prepare_for_parse("$5 \\text{ cm}^2$") == "5"
+    assert prepare_for_parse("x**2") == "x^2"
+    assert prepare_for_parse("\\approx 3.14") == "3.14"
+
+
+def test_final_boxes_and_statements():
+    from hapo_cli.rewards.extract import extract_final_boxes, extract_final_statement
+
+    assert extract_final_boxes(r"so x = \boxed{-2} or x = \boxed{1}.") == ["-2", "1"]
+    assert extract_final_boxes("\\boxed{1}\n\nmuch later \\boxed{2}") == ["2"]  # a blank line ends the run
+    assert extract_final_boxes(r"\boxed{1}" + "x" * 81 + r"\boxed{2}") == ["2"]  # too far apart
+    assert extract_final_boxes(r"\boxed{1} \boxed{2") == []
+    assert extract_final_boxes(r"\boxed{\boxed{7}} and \boxed{8}") == ["7", "8"]
+    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}", parts=2) == "-2, 1"
+    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}", parts=2, shape="set") == r"\{-2, 1\}"
+    assert extract_answer(r"sum \boxed{5}, pair \boxed{(2, 3)}", parts=2, shape="tuple") == "(2, 3)"  # last box has both
+    assert extract_answer(r"\boxed{9} \boxed{1} \boxed{2}", parts=2) == "1, 2"  # the last boxes holding 2 parts
+    assert extract_answer(r"x = \boxed{-2} or x = \boxed{1}") == "1"
+    assert extract_final_statement("Final Answer: $7$.") == "7"
+    assert extract_final_statement("**Final answer**: 3\nI hope it is correct.") == "3"
+    assert extract_final_statement("Final Answer: The answer is 6.") == "6"
+    assert extract_answer("\\boxed{2}\nFinal Answer: 3") == "3"
+    assert extract_answer("Final Answer: 3\n\\boxed{2}") == "2"
+    assert extract_answer("\\boxed{4}\nAnswer: 5") == "4"  # only a FINAL-answer statement overrides the box
+    assert extract_answer("Hmm.\nThe value is 85.", "raw") == "85"
+    assert extract_answer("Hmm.\nIt is $\\frac{1}{2}$, I think.", "raw") == "\\frac{1}{2}"
+    assert extract_answer("Answer: The answer is 5.", "answer_only") == "5"
+
+
+def test_gold_parts_and_combined_grading():
+    from hapo_cli.rewards.verify import gold_parts
+
+    assert gold_parts("-2, 1") == (2, "list")
+    assert gold_parts("(4, -1)") == (2, "tuple")
+    assert gold_parts("\\{1,2,3\\}") == (3, "set")
+    assert gold_parts("1,000") == (1, "list")  # a thousands separator
+    assert gold_parts("\\frac{1}{2}") == (1, "list")
+    assert gold_parts("f(1, 2)") == (1, "list")
+    assert gold_parts("-2 \\text{ and } 1") == (2, "list")
+    assert grade_completion(r"$x=\boxed{4}$, $y=\boxed{-1}$", "(4,-1)").correct
+    assert not grade_completion(r"$x=\boxed{4}$, $y=\boxed{-1}$", "4").correct  # single gold: last box
+
+
+def test_benchmark_gold_keeps_every_final_box():
+    from hapo_cli.data.benchmarks import answer_of
+
+    assert answer_of(r"Hence $x = \boxed{-2}$ or $x = \boxed{1}$.", "solution") == "-2, 1"
+    assert answer_of(r"first \boxed{3}" + "\n\n" + r"so \boxed{\frac{1}{2}}.", "solution") == "\\frac{1}{2}"
+    assert answer_of("no box at all", "solution") == "no box at all"
+
+
+def test_cpu_time_limit_counts_cpu_not_waiting():
+    import time as _time
+
+    from hapo_cli.rewards.verify import CPUTimeout, cpu_time_limit
+
+    with cpu_time_limit(0.3) as armed:
+        _time.sleep(0.6)  # waiting uses no CPU time: no timeout
+    assert armed
+    with pytest.raises(CPUTimeout), cpu_time_limit(0.3):
+        while True:
+            pass
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("armed", cpu_time_limit(1).__enter__()))
+    t.start()
+    t.join(10)
+    assert out["armed"] is False  # off the main thread: no limit
+
+
+def test_in_process_timeout_is_reported():
+    res = grade_completion(r"\boxed{9^{9^{9^{9}}}}", "1", timeout=0.5)
+    assert res.timed_out and res.verdict == "timeout" and not res.correct

@@ -19,6 +19,11 @@ def sleepy_grader(x: str) -> str:
     """Test-only task function (imported by name in the worker processes)."""
     if x == "hang":
         time.sleep(600)
+    if x == "spin":
+        while True:
+            pass
+    if x.startswith("nap"):  # sleeps (no CPU time) for the seconds after "nap"
+        time.sleep(float(x[3:]))
     if x == "die":
         os._exit(3)
     if x == "raise":
@@ -60,19 +65,21 @@ def worker_pid() -> int:
 
 def test_map_timeout_crash_and_error_are_isolated():
     items = [("a",), ("hang",), ("b",), ("die",), ("raise",), ("c",)] + [(f"x{i}",) for i in range(10)]
-    with GradingPool(num_workers=2, timeout=2.0, warmup=False) as pool:
+    with GradingPool(num_workers=2, timeout=1.0, wall_timeout=2.0, warmup=False) as pool:
         t0 = time.monotonic()
         res = pool.map(sleepy_grader, items)
         elapsed = time.monotonic() - t0
         assert [r.value for r in res if r.ok] == ["A", "B", "C"] + [f"X{i}" for i in range(10)]
         hang, die, err = res[1], res[3], res[4]
-        assert hang.timed_out and not hang.ok and hang.error == "timeout after 2s"
+        assert hang.timed_out and not hang.ok and hang.error == "timeout after 1s"
         assert die.crashed and not die.ok and "worker died" in die.error
         assert not err.ok and not err.timed_out and err.error == "ValueError: bad input"
-        assert pool.n_timeouts == 1 and pool.n_crashes == 1
-        assert [e["kind"] for e in sorted(pool.events, key=lambda e: e["item"])] == ["timeout", "crash"]
+        assert pool.n_timeouts == 1 and pool.n_crashes == 1 and pool.n_retries == 1
+        assert [e["kind"] for e in sorted(pool.events, key=lambda e: e["item"])] == ["retry", "timeout", "crash"]
         assert {e["item"] for e in pool.events} == {1, 3}
-        assert pool.n_restarts == 2  # both bad workers replaced
+        assert pool.n_restarts == 3  # the hang's worker twice (first try and retry), the dead one once
+        assert pool.stats() == {"grading/items": 16, "grading/timeouts": 1, "grading/retries": 1,
+                                "grading/crashes": 1, "grading/restarts": 3}
         assert elapsed < 120  # the hang did not block the batch for its 600 s
         # the pool keeps working after the kills
         assert [r.value for r in pool.map(sleepy_grader, [("y",), ("z",)])] == ["Y", "Z"]
@@ -82,23 +89,50 @@ def test_pathological_answer_times_out_counts_wrong_and_rest_is_graded(caplog):
     completions = [r"\boxed{\frac{2}{4}}", PATHOLOGICAL, r"\boxed{0.5}", r"\boxed{3}", r"\boxed{x^2+2x+1}"]
     golds = [r"\frac12", "1", r"\frac{1}{2}", "4", "(x+1)^2"]
     # mv_timeout far above the pool timeout: only the hard kill can stop the pathological item
-    with GradingPool(num_workers=2, timeout=5.0, mv_timeout=60) as pool, caplog.at_level("WARNING", "hapo.grading"):
+    # (no retry here, to keep the test short: retries are tested on map() below)
+    with GradingPool(num_workers=2, timeout=1.0, mv_timeout=60, retry_timeouts=False) as pool, \
+            caplog.at_level("WARNING", "hapo.grading"):
         res = pool.grade(completions, golds, prefer="boxed")
         assert [r.correct for r in res] == [True, False, True, False, True]
         bad = res[1]
         assert bad.timed_out and bad.verdict == "timeout" and bad.method == "timeout"
         assert bad.pred == "9^{9^{9^{9}}}"
-        assert pool.n_timeouts == 1 and pool.events[0]["kind"] == "timeout"
+        assert pool.n_timeouts == 1 and pool.n_retries == 0 and pool.events[0]["kind"] == "timeout"
         assert "9^{9^{9^{9}}}" in pool.events[0]["what"]
     assert any("timed out" in rec.getMessage() for rec in caplog.records)
 
 
-def test_math_verify_internal_timeout_is_reported_too():
-    """With math-verify's own (signal) timeout shorter than the pool's, the verdict is still 'timeout'."""
-    with GradingPool(num_workers=1, timeout=60, mv_timeout=1) as pool:
-        res = pool.grade([PATHOLOGICAL, r"\boxed{2}"], ["1", "2"])
-    assert res[0].timed_out and not res[0].correct
-    assert res[1].correct and res[1].method == "exact"
+def test_math_verify_internal_timeout_is_retried_and_reported():
+    """With math-verify's own (CPU) budget shorter than the pool's, the answer is retried once,
+    then reported as a timeout: in the training API too."""
+    with GradingPool(num_workers=1, timeout=60, mv_timeout=0.5) as pool:
+        out = pool.grade_rewards([PATHOLOGICAL, r"\boxed{2}", "Answer: 3"], ["1", "2", "3"], reward="dapo",
+                                 accept_boxed=True)
+        assert out == [(-1.0, 0.0, True), (1.0, 1.0, False), (1.0, 1.0, False)]
+        assert pool.n_retries == 1 and pool.n_timeouts == 1 and pool.n_restarts == 0  # no kill needed
+        assert [e["kind"] for e in pool.events] == ["retry"]
+
+
+def test_budget_is_cpu_time_not_wall_time():
+    """A worker that waits (no CPU used: the machine is busy elsewhere) is not killed at `timeout`;
+    one that computes is, after one retry; the wall-time backstop still stops a stuck worker."""
+    with GradingPool(num_workers=1, timeout=0.3, wall_timeout=3.0, warmup=False) as pool:
+        res = pool.map(sleepy_grader, [("nap1.0",), ("spin",), ("ok",)])
+        assert res[0].ok and res[0].value == "NAP1.0" and res[0].seconds >= 1.0  # 3x the budget in wall time
+        assert res[1].timed_out and res[2].value == "OK"
+        assert pool.n_timeouts == 1 and pool.n_retries == 1
+
+
+def test_grade_rewards_api(pool):
+    comps = ["Answer: 42", "Answer: 41", "\\boxed{7}", "Answer: x^2+2x+1", "Answer: 768√2"]
+    golds = ["42", "42", "7", "(x+1)^2", "768"]
+    assert pool.grade_rewards(comps, golds) == [(1.0, 1.0, False), (-1.0, 0.0, False), (-1.0, 0.0, False),
+                                                (1.0, 1.0, False), (-1.0, 0.0, False)]
+    assert [r[0] for r in pool.grade_rewards(comps, golds, accept_boxed=True)] == [1.0, -1.0, 1.0, 1.0, -1.0]
+    assert [r[0] for r in pool.grade_rewards(comps, golds, reward="binary")] == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert [r[1] for r in pool.grade_rewards(comps, golds, prefer="boxed")] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="reward must be one of"):
+        pool.grade_rewards(comps, golds, reward="nope")
 
 
 def test_worker_recycling_and_inline_mode():

@@ -35,4 +35,14 @@ def test_dapo_rewards_batch_equals_single_calls():
     assert dapo_rewards(completions, golds) == single  # in-process
     assert dapo_rewards(completions, golds, pool=GradingPool(num_workers=0)) == single
     assert dapo_rewards(completions, golds, accept_boxed=True)[3] == (1.0, 1.0)
+    inline = GradingPool(num_workers=0)
+    assert inline.grade_rewards(completions, golds) == [(s, a, False) for s, a in single]
+    assert inline.grade_rewards(completions, golds, accept_boxed=True)[3] == (1.0, 1.0, False)
+
+
+def test_dapo_reward_rejects_junk_next_to_the_gold():
+    assert dapo_reward("Answer: 768√2", "768") == (-1.0, 0.0)
+    assert dapo_reward("Answer: 768√2", "768\\sqrt{2}") == (1.0, 1.0)
+    assert dapo_reward("Answer: ４２", "42") == (1.0, 1.0)
+    assert dapo_reward("\\boxed{4}\nFinal Answer: 5", "5") == (1.0, 1.0)  # the Answer: line itself
     # through worker processes: tests/test_grading_pool.py::test_dapo_rewards_through_workers

@@ -18,7 +18,7 @@ Hub ids and columns were checked against the dataset cards / loaders (see the RE
 | synthetic     | built in (hapo_cli.data.synthetic)           | validation | question | answer          |
 
 Columns are candidates in order: the first one present in the data is used, so a mirror with
-`problem`/`solution` columns also loads (an answer taken from `solution` is its last `\\boxed{}`).
+`problem`/`solution` columns also loads (an answer taken from `solution` is its final `\\boxed{}`, or its final boxes joined with ", ").
 Without network the Hub is never contacted (a 3-second reachability probe switches `datasets`
 to offline mode); a benchmark that is not cached then fails with one line saying how to point
 `--bench` at a local file.
@@ -303,8 +303,8 @@ def answer_of(value, column: str) -> str:
     """Normalise a gold-answer cell to one string.
 
     Lists (OlympiadBench `final_answer`) become "a, b" with `$` stripped from each item;
-    verl-style `reward_model` dicts give their `ground_truth`; a `solution` column gives its last
-    `\\boxed{}` content.
+    verl-style `reward_model` dicts give their `ground_truth`; a `solution` column gives the content
+    of its final `\\boxed{}` (the boxes of a final answer written in several, joined with ", ").
     """
     if isinstance(value, dict):
         value = value.get("ground_truth", value.get("answer", ""))
@@ -313,10 +313,10 @@ def answer_of(value, column: str) -> str:
         return ", ".join(parts)
     text = "" if value is None else str(value).strip()
     if column == "solution":
-        from hapo_cli.rewards.extract import extract_boxed
+        from hapo_cli.rewards.extract import extract_final_boxes
 
-        boxed = extract_boxed(text)
-        return boxed if boxed is not None else text
+        boxes = extract_final_boxes(text)  # a final answer in several boxes keeps all of them: "-2, 1"
+        return ", ".join(boxes) if boxes else text
     if text.startswith("$") and text.endswith("$") and text.count("$") == 2:
         text = text.strip("$").strip()
     return text
