@@ -145,7 +145,7 @@ def run_eval(cfg) -> list[dict]:
     try:
         engine, tokenizer = _build_engine(cfg)
         out.mkdir(parents=True, exist_ok=True)
-        write_meta(out, sys.argv)
+        write_meta(out, sys.argv, **{k: v for _, task in benches for k, v in task.run_info().items()})
         for key, task in benches:
             rows = task.val_rows()
             typer.secho(f"\n== {key}: {len(rows)} questions from {task.source} ==", bold=True, err=True)

@@ -64,6 +64,10 @@ class Task:
         """(score, acc) per completion: +1 / -1 and 1 / 0 from `grade`."""
         return [(1.0, 1.0) if g.correct else (-1.0, 0.0) for g in self.grade(completions, golds, pool)]
 
+    def run_info(self) -> dict[str, Any]:
+        """Facts about how this machine grades (code: the sandbox kind) for eval summaries and meta.json."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Settings that decide the results (an eval's resume check compares them)."""
         return {"prompt_style": getattr(self, "style", "raw"), "chat_template": self.prompt.chat_template,

@@ -140,7 +140,7 @@ class Trainer:
             from omegaconf import OmegaConf
 
             atomic_write_text(rd / "config.yaml", OmegaConf.to_yaml(self.raw_cfg))
-            write_meta(rd, argv)
+            write_meta(rd, argv, **self.task.run_info())  # code tasks: which sandbox ran the programs
         self.dist.barrier()
         return rd
 
