@@ -141,7 +141,11 @@ def bench_task(bench: str | BenchSpec, *, prompt_style: str | None = None, chat_
 
 
 def model_path(name_or_path: str) -> str:
-    """`tiny` -> the cached built-in model (built on first use); else models.resolve_model_path."""
+    """`tiny` / `tiny-logic` -> the cached built-in models (built on first use); else models.resolve_model_path."""
+    if name_or_path == "tiny-logic":  # the logic task's tiny model (hapo_cli.data.tiny_logic)
+        from hapo_cli.data.tiny_logic import ensure_tiny_logic_model
+
+        return str(ensure_tiny_logic_model())
     if name_or_path == "tiny":
         from hapo_cli.data.tiny import ensure_tiny_model
 

@@ -16,9 +16,10 @@ Row layouts (found by their columns; the registry's `BenchSpec.extra` names them
 
 The gold "answer" of a row is its tests source, or, when the row needs more than that, a JSON
 object {"tests", "mode" (functions | stdio), "prefix" (code put before the completion:
-HumanEval's prompt)}. The program is the completion's last ```python block (after the prefix),
-else the prefix + the raw completion cut at the first top-level statement after the function
-(HumanEval's stop sequences), else the whole completion.
+HumanEval's prompt)}. The program is the completion's last ```python block (after the
+prefix's imports; after the whole prefix when the block is an indented body), else the prefix +
+the raw completion cut at the first top-level statement after the function (HumanEval's stop
+sequences), else the whole completion.
 """
 
 from __future__ import annotations
@@ -97,7 +98,12 @@ def program_of(completion: str, prefix: str = "") -> str:
     text = completion or ""
     if "```" in text:
         body = extract_code(text)
-        return f"{prefix}\n{body}" if prefix else body
+        if not prefix:
+            return body
+        if body.lstrip("\n")[:1] in (" ", "\t"):  # a fenced function body: it continues the prefix
+            return prefix + body.lstrip("\n")
+        imports = [ln for ln in prefix.splitlines() if ln.startswith(("import ", "from "))]
+        return "\n".join([*imports, body]) if imports else body  # a whole function: keep the prompt's imports
     if prefix:
         cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
         return prefix + text[:cut]
