@@ -131,14 +131,20 @@ def test_tiny_logic_tokenizer_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_ablate_single_with_baseline_on_the_logic_preset(tmp_path, cli):
+    from dataclasses import replace
+
+    from hapo_cli.data.tiny_logic import TinyLogicRecipe, ensure_tiny_logic_model
+
+    # the mechanics only: a 10-step warm start of the preset's model (the real one: hapo_cli/data/tiny_logic.py)
+    model = ensure_tiny_logic_model(recipe=replace(TinyLogicRecipe(), sft_steps=10), progress=False)
     res = cli("ablate", "--components", "A,B,C,D", "--mode", "single", "--include-baseline",
-              "--sweep-dir", str(tmp_path / "sweep"), "experiment=logic_tiny", "trainer.total_steps=2", "trainer.train_batch_size=2", "trainer.mini_batch_size=2",
+              "--sweep-dir", str(tmp_path / "sweep"), "experiment=logic_tiny", f"model.name_or_path={model}", "trainer.total_steps=2", "trainer.train_batch_size=2", "trainer.mini_batch_size=2",
               "trainer.group_size=4", "trainer.val_every=0", "trainer.num_threads=1", "data.val_size=4",
               "data.val_samples=2", "algorithm.max_num_gen_batches=2",
               timeout=1500)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     runs = sorted(p for p in tmp_path.rglob("metrics.jsonl"))
-    assert len(runs) == 5  # baseline + one run per component
+    assert len(runs) == 2  # DAPO (the baseline) and DAPO+A+B+C+D
     for m in runs:
         meta = json.loads((m.parent / "meta.json").read_text())
         assert "sandbox" not in meta
