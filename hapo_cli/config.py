@@ -108,7 +108,7 @@ class DataConfig:
     """Training prompts and the held-out validation set."""
 
     name: str = "synthetic"  # label of the data preset (synthetic, dapo_math, local) for run names and tables
-    task: str = "synthetic"  # the Task (hapo_cli.tasks.TASKS): synthetic (exact integer) or math (Answer: line + math-verify)
+    task: str = "synthetic"  # the Task (hapo_cli.tasks.TASKS): synthetic (exact integer), math (Answer: line + math-verify), logic, code
     path: Optional[str] = None  # local file or Hub id of the training rows (synthetic: null = built in)
     question_key: str = "question"  # column with the question (string) or a chat list
     answer_key: str = "answer"  # column with the gold answer (dotted path allowed: reward_model.ground_truth)
@@ -124,6 +124,8 @@ class DataConfig:
     val_top_p: float = 1.0  # validation nucleus mass
     max_prompt_length: int = 1024  # prompts longer than this are left-truncated
     max_response_length: int = 8  # Lmax: generation cap (tokens)
+    logic_people: int = 3  # logic, built-in puzzles: people per Knights-and-Knaves puzzle (2..12)
+    logic_depth: int = 2  # logic, built-in puzzles: deepest nesting of and/or/if/iff/not in a statement (2..5)
 
 
 @dataclass

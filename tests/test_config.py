@@ -33,6 +33,9 @@ def test_every_experiment_preset_composes(name):
     if name == "debug":
         assert cfg.trainer.total_steps == 3 and cfg.logger.name == "none"
         return
+    if name == "logic_tiny":  # the CPU logic preset (tests/test_tasks_logic.py trains on it)
+        assert (cfg.data.task, cfg.model.name_or_path, cfg.data.logic_people) == ("logic", "tiny-logic", 2)
+        return
     # the paper recipes carry the released hyperparameters (hapo-spec "Reference hyperparameters")
     t, a, d = cfg.trainer, cfg.algorithm, cfg.data
     assert cfg.experiment == name

@@ -16,6 +16,7 @@ Hub ids and columns were checked against the dataset cards / loaders (see the RE
 | olympiadbench | Hothan/OlympiadBench (OE_TO_maths_en_COMP)   | train | question  | final_answer (list)  |
 | minerva       | math-ai/minervamath                          | test  | question  | answer               |
 | synthetic     | built in (hapo_cli.data.synthetic)           | validation | question | answer          |
+| logic         | built in (hapo_cli.data.knights)             | validation | question | answer          |
 
 Columns are candidates in order: the first one present in the data is used, so a mirror with
 `problem`/`solution` columns also loads (an answer taken from `solution` is its final `\\boxed{}`, or its final boxes joined with ", ").
@@ -42,6 +43,7 @@ ANSWER_KEYS = (
 )
 ID_KEYS = ("id", "unique_id", "ID", "idx", "problem_id", "question_id", "index")
 SYNTHETIC_DEFAULT_LIMIT = 200  # questions of the built-in task evaluated when --limit is not given
+LOGIC_DEFAULT_LIMIT = 100  # built-in Knights-and-Knaves puzzles evaluated when --limit is not given
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,13 @@ BENCHMARKS: dict[str, BenchSpec] = {
         "humaneval", "openai/openai_humaneval", split="test", question_keys=("prompt",), answer_keys=("test",),
         id_keys=("task_id",), prompt_style="raw", grader="code", expected_rows=164,
         description="HumanEval (164 Python functions; tests: humaneval_tests(test, entry_point), program: prompt + completion)",
-        extra={"tests_key": "test", "entry_point_key": "entry_point", "program_prefix_key": "prompt"},
+        extra={"tests_key": "test", "entry_point_key": "entry_point", "program_prefix_key": "prompt", "layout": "humaneval"},
     ),
     "mbpp": BenchSpec(
         "mbpp", "google-research-datasets/mbpp", configs=("sanitized",), split="test", question_keys=("prompt",),
         answer_keys=("test_list",), id_keys=("task_id",), prompt_style="raw", grader="code", expected_rows=257,
         description="MBPP sanitized test split (257 hand-verified problems; tests: mbpp_tests(test_list, test_imports))",
-        extra={"tests_key": "test_list", "imports_key": "test_imports"},
+        extra={"tests_key": "test_list", "imports_key": "test_imports", "layout": "mbpp"},
     ),
     "livecodebench": BenchSpec(
         "livecodebench", "livecodebench/code_generation_lite", configs=("release_v5",), split="test",
@@ -127,7 +129,13 @@ BENCHMARKS: dict[str, BenchSpec] = {
         prompt_style="raw", grader="code", max_new_tokens=4096,
         description="LiveCodeBench code generation, release_v5 (stdin/stdout and LeetCode-style functional problems)",
         extra={"public_tests_key": "public_test_cases", "private_tests_key": "private_test_cases",
-               "starter_code_key": "starter_code", "metadata_key": "metadata", "date_key": "contest_date"},
+               "starter_code_key": "starter_code", "metadata_key": "metadata", "date_key": "contest_date",
+               "layout": "livecodebench"},
+    ),
+    "logic": BenchSpec(
+        "logic", None, split="validation", question_keys=("question",), answer_keys=("answer",), prompt_style="raw",
+        grader="logic", description="the built-in Knights-and-Knaves puzzles (held-out split, 3 people, depth 2)",
+        extra={"people": 3, "depth": 2},
     ),
     # ---- logic (grader "logic": hapo_cli.rewards.logic.logic_reward; gold like "Zoey is a knave, and Oliver is a knight.")
     **{
@@ -340,6 +348,11 @@ def load_bench_rows(
         from hapo_cli.data import synthetic
 
         return synthetic.make_rows(spec.split, limit if limit is not None else SYNTHETIC_DEFAULT_LIMIT, seed=seed)
+    if spec.grader == "logic" and not spec.hub_id and not spec.local_path:
+        from hapo_cli.data import knights
+
+        return knights.make_rows(spec.split, limit if limit is not None else LOGIC_DEFAULT_LIMIT, seed=seed,
+                                 people=spec.extra.get("people", 3), depth=spec.extra.get("depth", 2))
     raw = read_local_table(spec.local_path) if spec.local_path else _read_hub(spec, cache_dir=cache_dir)
     if not raw:
         raise HapoError(f"benchmark {spec.name} has no rows ({spec.source})")
@@ -362,7 +375,11 @@ def load_bench_rows(
         if rid in seen:
             rid = f"{rid}#{idx}"
         seen.add(rid)
-        rows.append({"id": rid, "question": q, "answer": answer_of(r.get(a_col), a_col)})
+        row = {"id": rid, "question": q, "answer": answer_of(r.get(a_col), a_col)}
+        for key, col in spec.extra.items():  # columns a grader needs besides these (code: entry_point, test_list, ...)
+            if key.endswith("_key") and col in r:
+                row.setdefault(col, r[col])
+        rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     return rows

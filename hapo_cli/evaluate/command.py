@@ -194,7 +194,7 @@ def run_eval(cfg, benches=None) -> list[dict]:
     summaries = []
     try:
         engine, tokenizer = _build_engine(cfg, path)
-        write_meta(out, sys.argv)
+        write_meta(out, sys.argv, **{k: v for _, task in benches for k, v in task.run_info().items()})
         for key, task in benches:
             rows = task.val_rows()
             typer.secho(f"\n== {key}: {len(rows)} questions from {task.source} ==", bold=True, err=True)
@@ -321,7 +321,8 @@ def eval_runs(cfg) -> list[tuple[Path, list[dict]]]:
 def eval_command(
     ctx: typer.Context,
     bench: str = typer.Option(None, "--bench", "-b", help="Benchmarks, comma-separated: aime24, aime25, amc23, math500, "
-                              "olympiadbench, minerva, synthetic, a local .parquet/.jsonl/.json file, or name=file "
+                              "olympiadbench, minerva, synthetic, logic, kk-2ppl..kk-8ppl, humaneval, mbpp, livecodebench, a local "
+                              ".parquet/.jsonl/.json file, or name=file "
                               "(a registry benchmark read from a local copy). Default: synthetic."),
     model: str = typer.Option(None, "--model", "-m", help="Model folder, Hub id, or 'tiny' (the built-in tiny model; default)."),
     n: int = typer.Option(None, "--n", help="Samples per question (default 8)."),
@@ -341,7 +342,7 @@ def eval_command(
                                    "best (the checkpoint of the best validation)."),
     help_config: bool = typer.Option(False, "--help-config", help="Print every setting with its default and meaning, and exit."),
 ) -> None:
-    """Evaluate a model on math benchmarks: avg@n, pass@k, maj@n, length, truncation.
+    """Evaluate a model on math, logic or code benchmarks: avg@n, pass@k, maj@n, length, truncation.
 
     Extra KEY=VALUE Hydra overrides set any setting, e.g. k_list=[1,4,8] chat_template=off grading_timeout=20 question_key=problem batch_size=16 dtype=bfloat16 (all of them: --help-config).
     """

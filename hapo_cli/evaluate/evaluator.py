@@ -264,7 +264,7 @@ def evaluate_rows(
         "source": task.source, "n": n, "temperature": temperature, "top_p": cfg["top_p"],
         "max_new_tokens": max_new_tokens, "seed": seed, "prompt_style": cfg["prompt_style"],
         "chat_template_used": uses_chat_template(tokenizer, task.prompt.chat_template), "resumed_questions": resumed,
-        "seconds_generate": round(t_gen, 3), "seconds_grade": round(t_grade, 3),
+        "seconds_generate": round(t_gen, 3), "seconds_grade": round(t_grade, 3), **task.run_info(),
     })
     if out is not None:
         atomic_write_json(out / SUMMARY_FILE, summary)

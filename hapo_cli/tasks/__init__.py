@@ -49,9 +49,44 @@ def _math_task(data_cfg, model_cfg, seed: int) -> Task:
     return task
 
 
+def _logic_task(data_cfg, model_cfg, seed: int) -> Task:
+    from hapo_cli.data.train_data import load_train_rows
+    from hapo_cli.tasks.logic import LogicTask
+
+    prompt = PromptFormat(template=data_cfg.prompt_template, chat_template="auto" if model_cfg.chat_template else "off",
+                          max_length=data_cfg.max_prompt_length)
+    return LogicTask(prompt, rows=load_train_rows(data_cfg) if data_cfg.path else None,
+                     val_rows=_val_rows(data_cfg) if data_cfg.val_path else None, people=data_cfg.logic_people,
+                     depth=data_cfg.logic_depth, n_train=data_cfg.max_train_rows, val_size=data_cfg.val_size, seed=seed,
+                     source=data_cfg.path or f"built in ({data_cfg.logic_people} people, depth {data_cfg.logic_depth})")
+
+
+def _code_task(data_cfg, model_cfg, seed: int) -> Task:
+    from hapo_cli.data.benchmarks import read_local_table
+    from hapo_cli.data.train_data import read_table
+    from hapo_cli.tasks.code import CodeTask, code_rows
+
+    if not data_cfg.path:
+        raise HapoError("data=code needs data.path: a local file or Hub id with a prompt and a tests column")
+    keys = {"question_key": data_cfg.question_key, "answer_key": data_cfg.answer_key}
+    rows = code_rows(read_table(data_cfg.path), **keys)[: data_cfg.max_train_rows]
+    val = []
+    if data_cfg.val_path:  # a code benchmark (humaneval, mbpp=FILE, ...) or a table of the same layouts
+        spec = resolve_bench(data_cfg.val_path)
+        if spec.grader == "code":
+            val = bench_task(spec, limit=data_cfg.val_size).val_rows()
+        else:
+            val = code_rows(read_local_table(spec.local_path), **keys)[: data_cfg.val_size]
+    prompt = PromptFormat(template=data_cfg.prompt_template, chat_template="auto" if model_cfg.chat_template else "off",
+                          max_length=data_cfg.max_prompt_length)
+    return CodeTask(prompt, rows=rows, val_rows=val, source=data_cfg.path)
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "synthetic": _synthetic_task,  # the built-in addition task (or any file graded by its exact verifier)
     "math": _math_task,  # DAPO-Math-17k or a local table; DAPO's Answer: reward through math-verify
+    "logic": _logic_task,  # built-in Knights-and-Knaves puzzles (or a table of them), graded exactly
+    "code": _code_task,  # a table with prompt and tests columns; programs run in the sandbox (rewards.code)
 }
 """Training tasks by `data.task`: factory(data_cfg, model_cfg, seed) -> Task."""
 
@@ -74,7 +109,22 @@ def _bench_math(spec: BenchSpec, rows: list[dict], prompt_style: str | None, cha
     return MathTask(prompt, style=style, val_rows=rows, source=spec.source)
 
 
-BENCH_TASKS: dict[str, Callable[..., Task]] = {"synthetic": _bench_synthetic, "math": _bench_math}
+def _bench_logic(spec: BenchSpec, rows: list[dict], prompt_style: str | None, chat_template: str | None) -> Task:
+    from hapo_cli.tasks.logic import LogicTask
+
+    return LogicTask(PromptFormat(chat_template=chat_template or spec.chat_template), rows=[], val_rows=rows,
+                     source=spec.source)
+
+
+def _bench_code(spec: BenchSpec, rows: list[dict], prompt_style: str | None, chat_template: str | None) -> Task:
+    from hapo_cli.tasks.code import CodeTask, code_rows
+
+    return CodeTask(PromptFormat(chat_template=chat_template or spec.chat_template), rows=[],
+                    val_rows=code_rows(rows, spec.extra.get("layout")), source=spec.source)
+
+
+BENCH_TASKS: dict[str, Callable[..., Task]] = {"synthetic": _bench_synthetic, "math": _bench_math,
+                                               "logic": _bench_logic, "code": _bench_code}
 """Benchmark tasks by `BenchSpec.grader`: factory(spec, rows, prompt_style, chat_template) -> Task."""
 
 
@@ -94,7 +144,11 @@ def bench_task(bench: str | BenchSpec, *, prompt_style: str | None = None, chat_
 
 
 def model_path(name_or_path: str) -> str:
-    """`tiny` -> the cached built-in model (built on first use); else models.resolve_model_path."""
+    """`tiny` / `tiny-logic` -> the cached built-in models (built on first use); else models.resolve_model_path."""
+    if name_or_path == "tiny-logic":  # the logic task's tiny model (hapo_cli.data.tiny_logic)
+        from hapo_cli.data.tiny_logic import ensure_tiny_logic_model
+
+        return str(ensure_tiny_logic_model())
     if name_or_path == "tiny":
         from hapo_cli.data.tiny import ensure_tiny_model
 

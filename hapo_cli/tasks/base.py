@@ -69,6 +69,10 @@ class Task:
         """(score, acc) per completion, from `grade`."""
         return [self.reward_of(g) for g in self.grade(completions, golds, pool)]
 
+    def run_info(self) -> dict[str, Any]:
+        """Facts about how this machine grades (code: the sandbox kind) for eval summaries and meta.json."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Settings that decide the results (an eval's resume check compares them)."""
         return {"prompt_style": getattr(self, "style", "raw"), "chat_template": self.prompt.chat_template,

@@ -70,7 +70,8 @@ class Trainer:
             raise HapoError(f"trainer.train_batch_size and trainer.mini_batch_size must be multiples of the number of processes ({self.dist.world})")
         self.objective = cfg.algorithm.objective()
         self.task = build_task(cfg.data, cfg.model, cfg.seed)
-        meta = {"task": self.task.name, "data": {"source": self.task.source, **self.task.data_stats}}
+        meta = {"task": self.task.name, "data": {"source": self.task.source, **self.task.data_stats},
+                **self.task.run_info()}  # code tasks: which sandbox ran the programs
         self.rundir = RunDir(cfg, raw_cfg, argv or sys.argv, self.dist.main, meta=meta)
         self.run_dir = self.rundir.path
         self.dist.barrier()
