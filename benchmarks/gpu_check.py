@@ -241,7 +241,8 @@ def _site() -> str:
         if "hapo_cli" in path:
             here = f"{path.split('hapo_cli', 1)[1].lstrip('/')}:{f.f_lineno}"
             return here if lib is None else f"{here} <- {lib}"
-        if lib is None and not any(s in path for s in ("/torch/", "gpu_check.py", "<frozen", "/warnings.py")):
+        if lib is None and Path(path).name != "gpu_check.py" and not any(
+                s in path for s in ("/torch/", "<frozen", "/warnings.py")):
             lib = f"{'/'.join(Path(path).parts[-2:])}:{f.f_lineno} ({f.f_code.co_name})"
         f = f.f_back
     return lib or "outside hapo_cli"
@@ -583,6 +584,16 @@ def environment(args) -> dict:
     return env
 
 
+def setup_tiny_model() -> dict:
+    """Build (or find) the tiny model once, before the timed stages; stage 1's tests reuse it too."""
+    from hapo_cli.data.tiny import ensure_tiny_model
+
+    t0 = time.perf_counter()
+    path = ensure_tiny_model(progress=False)
+    os.environ.setdefault("HAPO_TEST_CACHE", str(path.parent))  # tests/conftest.py: reuse it, not a fresh build
+    return {"tiny_model": str(path), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def run_stage(name: str, args, argv: list[str], root: Path, log) -> dict:
     limit = TIMEOUT_S[name][1 if args.dry_run else 0] * args.timeout_scale
     result = root / f"{name}.json"
@@ -624,6 +635,7 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# hapo GPU check ({'dry run, CPU' if env['dry_run'] else env.get('gpu', '?')})", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             f"Tiny model: {report['setup']['tiny_model']} ({report['setup']['seconds']} s to build or find)", "",
              "| stage | status | seconds | checks passed |", "|---|---|---:|---|"]
     for name, st in report["stages"].items():
         n_ok = sum(c["ok"] for c in st["checks"])
@@ -670,6 +682,7 @@ def main(argv=None) -> int:
     if not args.dry_run and not report["environment"]["cuda_available"]:
         raise SystemExit("no CUDA device here: run on the GPU machine, or add --dry-run for the CPU rehearsal")
     work = Path(tempfile.mkdtemp(prefix="hapo-gpu-check-"))
+    report["setup"] = setup_tiny_model()
     with open(out / "gpu_check.log", "w") as log:
         for name in [s for s in ORDER if s in stages]:
             print(f"stage {NUMBER[name]} {name} ...", file=sys.stderr, flush=True)
