@@ -17,6 +17,9 @@ leaves the others' figures (run in this order; the longest, step_time, last):
                shape, bf16, HF `generate`, fixed length), interleaved
   3 step_time  benchmarks/step_time.py --shape qwen2.5-0.5b --device cuda (the flags it has): the
                HAPO / DAPO step-time ratio and the generation/update breakdown
+  6 vllm       benchmarks/gpu_smoke.py (vLLM rollouts, ATS in vLLM, CUDA-IPC weight sync) where vLLM is
+               installed; skipped where it is not (the GPU image: vLLM cannot travel as a wheel). The
+               dry run runs it with --engine hf --device cpu.
 
 Host-device syncs (stage 2) are counted two ways over the first --count-steps steps, by phase
 (collect = generation and rewards, old_pass, loss = each micro-batch's forward + loss + backward,
@@ -35,7 +38,7 @@ counters, which live on the CPU on CUDA too: an upper bound there.
 
 Writes OUT/gpu_check.json (every figure; rewritten after each stage, so a cut-off run keeps what it
 had), OUT/gpu_check.md (the figures as tables), OUT/gpu_check.log (every stage's output) and
-OUT/step_time.md/.json. Exit code 0 when every stage passed, 1 otherwise.
+OUT/step_time.md/.json. Exit code 0 when every stage passed or was skipped, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-ORDER = ["tests", "train", "memory", "ats", "step_time"]
-NUMBER = {"tests": 1, "train": 2, "step_time": 3, "memory": 4, "ats": 5}
+ORDER = ["tests", "train", "memory", "ats", "step_time", "vllm"]
+NUMBER = {"tests": 1, "train": 2, "step_time": 3, "memory": 4, "ats": 5, "vllm": 6}
 TIMEOUT_S = {  # per stage (GPU, dry run); the GPU total stays under 8 minutes with room for the wheel install
-    "tests": (60, 60), "train": (120, 75), "memory": (60, 40), "ats": (75, 40), "step_time": (135, 90),
+    "tests": (60, 60), "train": (120, 75), "memory": (60, 40), "ats": (75, 40), "step_time": (135, 90), "vllm": (120, 40),
 }
 # Qwen2.5-0.5B's shape (config.json of Qwen/Qwen2.5-0.5B), random weights: nothing is downloaded.
 QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -531,6 +534,23 @@ def stage_step_time(args, work: Path) -> dict:
     return {"figures": figures, "checks": checks}
 
 
+def stage_vllm(args, work: Path) -> dict:
+    import importlib.util
+
+    smoke = [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--steps", "2" if args.dry_run else "3"]
+    if args.dry_run:
+        smoke += ["--engine", "hf", "--device", "cpu"]
+    elif importlib.util.find_spec("vllm") is None:
+        return {"skipped": "vLLM is not installed here (it cannot travel as a wheel): the vLLM path stays "
+                           "unverified on this GPU; tests/test_vllm_contract.py keeps its CPU contract", "checks": []}
+    res = subprocess.run(smoke, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=_pythonpath()), cwd=ROOT)
+    print(res.stdout[-6000:], res.stderr[-4000:], sep="\n")
+    steps = [line for line in res.stdout.splitlines() if line.startswith("step ")]
+    return {"figures": {"command": " ".join(smoke[1:]), "steps": steps},
+            "checks": [("gpu_smoke.py exited 0 after every step", res.returncode == 0 and len(steps) == int(smoke[3]),
+                        f"exit {res.returncode}, {len(steps)} steps")]}
+
+
 def _find_rows(obj) -> list[dict]:
     """The summary rows ({"system": ..., "median_s": ...}) anywhere in step_time's JSON (last comparison)."""
     found: list[dict] = []
@@ -549,7 +569,7 @@ def _find_rows(obj) -> list[dict]:
 
 
 STAGES = {"tests": stage_tests, "train": stage_train, "memory": stage_memory, "ats": stage_ats,
-          "step_time": stage_step_time}
+          "step_time": stage_step_time, "vllm": stage_vllm}
 
 
 # ---------------------------------------------------------------- driver

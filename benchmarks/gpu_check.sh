@@ -13,7 +13,7 @@ if [ "${1:-}" = prepare ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $reqs || exit 1
   python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3 || exit 1  # sdist only on PyPI
-  HAPO_CACHE=$PWD/.hapo_cache PYTHONPATH=$PWD python3 -c "from hapo_cli.data.tiny import ensure_tiny_model as e; print(e())"
+  HAPO_CACHE=$PWD/.hapo_cache PYTHONPATH=$PWD python3 -c "from hapo_cli.data.tiny import ensure_tiny_model as e; print(e(progress=False))"
   du -sh .whl .hapo_cache; exit 0
 fi
 OUT=${OUT:-$PWD/gpu_check_out}; mkdir -p "$OUT"

@@ -65,9 +65,9 @@ def test_dry_run_passes_every_stage_on_cpu(tiny_model_dir, tmp_path):
     stages = report["stages"]
     assert res.returncode == 0, res.stderr[-4000:] + json.dumps(
         {k: (v["status"], v.get("error"), [c for c in v["checks"] if not c["ok"]]) for k, v in stages.items()})
-    assert list(stages) == ["tests", "train", "memory", "ats", "step_time"]
+    assert list(stages) == ["tests", "train", "memory", "ats", "step_time", "vllm"]
     assert {k: v["status"] for k, v in stages.items()} == dict.fromkeys(stages, "pass")
-    assert (out / "gpu_check.md").read_text().count("**pass**") == 5
+    assert (out / "gpu_check.md").read_text().count("**pass**") == 6
     t = stages["tests"]["figures"]
     assert t["collected"] == t["skipped"] == 6  # tests/test_cuda.py, all skipped without CUDA
     for algo in ("hapo", "dapo"):
@@ -81,4 +81,5 @@ def test_dry_run_passes_every_stage_on_cpu(tiny_model_dir, tmp_path):
     ats = stages["ats"]["figures"]
     assert ats["tokens_per_s_with_ats"] > 0 and ats["tokens_per_s_without_ats"] > 0
     assert stages["step_time"]["figures"]["hapo_over_dapo"] > 0
+    assert len(stages["vllm"]["figures"]["steps"]) == 2  # gpu_smoke.py with the HF engine on CPU
     assert report["seconds"] < 180
