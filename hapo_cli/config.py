@@ -367,7 +367,6 @@ _CHOICES = {
     "algorithm.entropy_mode": ("paper", "reference"),
     "algorithm.stats_scope": ("batch", "microbatch"),
     "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
-    "rollout.engine": ("hf", "vllm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "trainer.lr_schedule": ("constant", "cosine"),
     "trainer.mixed_precision": ("no", "bf16", "fp16"),

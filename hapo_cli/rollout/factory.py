@@ -59,13 +59,17 @@ def _vllm(settings: EngineSettings, model, tokenizer, model_path: str | None):
 ENGINES: dict[str, Callable[..., Any]] = {"hf": _hf, "vllm": _vllm}
 
 
+def engine_factory(name: str) -> Callable[..., Any]:
+    """The builder registered as `name` (checked before any model loads); one line naming the valid ones."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise HapoError(f"unknown rollout engine {name!r}; choose one of: {', '.join(ENGINES)}") from None
+
+
 def build_engine(settings: EngineSettings, model=None, tokenizer=None, model_path: str | None = None):
     """The engine named by `settings.engine` over `model` (hf) or `model_path` (vllm)."""
-    try:
-        factory = ENGINES[settings.engine]
-    except KeyError:
-        raise HapoError(f"unknown rollout engine {settings.engine!r}; choose one of: {', '.join(ENGINES)}") from None
-    return factory(settings, model, tokenizer, model_path)
+    return engine_factory(settings.engine)(settings, model, tokenizer, model_path)
 
 
 def vllm_dtype(trainer_dtype: str | None) -> str:
