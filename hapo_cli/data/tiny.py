@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -156,6 +157,8 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, recipe: TinyRe
     if (target / "hapo_tiny.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"first run: building the tiny model (about a minute on 2 cores); cached in {target}", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
         torch_threads = torch.get_num_threads()
