@@ -38,11 +38,9 @@ class ResponseScorer(nn.Module):
         head = self.model.get_output_embeddings()
 
         def project(h: torch.Tensor, labels: torch.Tensor):
-            logits = head(h)
-            if logits.dtype in (torch.bfloat16, torch.float16):
-                logits = logits.float()  # log-probs and entropies in float32 (float64 stays float64)
-            if temperature != 1.0:
-                logits = logits / temperature
+            logits = head(h)  # [B, l, V] in the model's dtype: algo converts it to float32 chunk by chunk
+            if temperature != 1.0:  # divide in float32: a bf16 division would round every logit
+                logits = logits.float() / temperature if logits.dtype in (torch.bfloat16, torch.float16) else logits / temperature
             lp = token_logprobs(logits, labels)
             ent = token_entropy(logits) if with_entropy else torch.zeros_like(lp)
             return lp, ent
