@@ -62,10 +62,13 @@ class HFRolloutEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
         n, greedy = params.samples_and_greedy()
         flat = [p for p in prompts for _ in range(n)]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        parts = [self._generate_chunk(flat[i : i + self.batch_size], params, greedy)
-                 for i in range(0, len(flat), self.batch_size)]
+        # `generate` samples from the global RNG: seed a forked copy, so the caller's RNG is untouched
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            parts = [self._generate_chunk(flat[i : i + self.batch_size], params, greedy)
+                     for i in range(0, len(flat), self.batch_size)]
         return concat_rollouts(parts, self.tokenizer.pad_token_id)
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, greedy: bool) -> Rollout:
