@@ -99,7 +99,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     attn_implementation: Optional[str] = None  # sdpa, flash_attention_2, eager (null: transformers' default)
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
-    logits_chunk_size: int = 1024  # tokens per chunk when projecting to the vocabulary (memory bound)
+    logits_chunk_size: Optional[int] = None  # tokens per chunk when projecting to the vocabulary (memory bound); null: from the vocabulary (~2^28 logits per chunk)
 
 
 @dataclass
