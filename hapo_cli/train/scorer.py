@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 LOGITS_PER_CHUNK = 1 << 28  # default chunk: ~268M logits (1,766 tokens at Qwen2.5's 151,936; 512 MiB in bf16)
-ROWS_PER_BLOCK = 1 << 23  # float32 working block inside a chunk: ~8M logits (55 rows at 151,936; 32 MiB)
+ROWS_PER_BLOCK = 1 << 22  # float32 working block inside a chunk: ~4M logits (27 rows at 151,936; 16 MiB)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
