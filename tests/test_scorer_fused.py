@@ -55,16 +55,18 @@ def test_fused_gradient_matches_autograd_in_float64(T):
 
 
 class _Float32Vocab(TorchDispatchMode):
-    """Largest float32 tensor with last dimension V that any op produces."""
+    """Largest float32 tensor with last dimension V that any op produces (the head's weight,
+    `[H, V]` when transposed, excluded)."""
 
-    def __init__(self, V):
+    def __init__(self, V, H):
         super().__init__()
-        self.V, self.largest = V, 0
+        self.V, self.H, self.largest = V, H, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.dim() >= 1 and t.shape[-1] == self.V:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.dim() >= 1 and t.shape[-1] == self.V \
+                    and tuple(t.shape) != (self.H, self.V):
                 self.largest = max(self.largest, t.numel())
         return out
 
@@ -86,7 +88,7 @@ def test_no_float32_copy_beyond_one_block_forward_and_backward(monkeypatch, dtyp
     ids = torch.randint(0, V, (B, 8 + L))
     att = torch.ones_like(ids)
     scorer = ResponseScorer(model, chunk_size=chunk_tokens)
-    with _Float32Vocab(V) as probe:
+    with _Float32Vocab(V, 32) as probe:
         lp, ent = scorer(ids, att, ids[:, 8:])
         (lp.sum() + 0.5 * ent.sum()).backward()
     assert lp.shape == ent.shape == (B, L) and torch.isfinite(lp).all()
