@@ -1,7 +1,14 @@
 """Seconds per training step: hapo DAPO mode, hapo HAPO and TRL's GRPOTrainer (loss_type="dapo"), side by side.
 
-All systems train the same built-in tiny model (hapo_cli.data.tiny, float32, CPU) on the same
-synthetic addition prompts, with the same batch shape and the same work per step:
+All systems train the same model (float32, CPU) on the same synthetic addition prompts, with the
+same batch shape and the same work per step. `--shape tiny` (default): the built-in 17-token
+model; `--shape qwen2.5-0.5b`: Qwen2.5-0.5B's vocabulary (151,936), width and head layout with 2
+random decoder layers (benchmarks/shapes.py), 4 prompts x 8 responses of 256 tokens
+(`--response-length`), run once with 1 and once with 2 optimizer updates per step (`--updates`).
+Systems: hapo DAPO, hapo HAPO (entropies from the old-policy pass, the default), hapo HAPO with
+`algorithm.entropy_source=rollout`, TRL. Each step is broken down into generate / old-policy pass
+/ update / other; the last line printed is one JSON object with the median ratios.
+
 
   P prompts x G responses from transformers `generate` (one call, sampling at T=1, top-p 1, top-k off)
   -> rewards from the same verifier (hapo_cli.data.synthetic.verify: +1 / -1)
@@ -39,6 +46,8 @@ of paired ratios (step i of one system against step i of the reference, taken ba
     # (the first run builds the tiny model into $HAPO_CACHE: minutes more, once)
     python benchmarks/step_time.py --rounds 3 --steps 20 --out results/step_time
     python benchmarks/step_time.py --systems hapo-dapo,trl-dapo --prompts 16 --group-size 8
+    python benchmarks/step_time.py --shape qwen2.5-0.5b                  # 4 x 8 x 256 tokens, updates 1 and 2
+    python benchmarks/step_time.py --shape qwen2.5-0.5b --response-length 8 --steps 2 --warmup 1   # a 2-core box
 """
 
 from __future__ import annotations
