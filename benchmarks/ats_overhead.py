@@ -67,14 +67,17 @@ def main(argv: list[str] | None = None) -> None:
         p = SamplingParams(n=args.group_size, temperature=1.0, max_new_tokens=args.response_length, seed=seed,
                            ats=ATSParams(stats=STATS, tau=0.05) if v.startswith("ats") else None,
                            return_entropy=v.endswith("ent"))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         roll = engine.generate(prompts, p)
         dt = time.perf_counter() - t0
+        cpu[v].append(time.process_time() - c0)
         assert int(roll.response_mask.sum()) == args.prompts * args.group_size * args.response_length
         return dt
 
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for v in variants:  # warmup
         call(v, 0)
+        cpu[v].clear()
     times: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(args.rounds):
         order = variants[i % len(variants):] + variants[: i % len(variants)]
@@ -84,14 +87,18 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr, flush=True)
     n_tok = args.prompts * args.group_size * args.response_length
     ref = variants[0]
-    print(f"\n| variant | median s/call | tokens/s | x {ref} (median, min-max of paired ratios) |\n|---|---|---|---|")
+    print(f"\n| variant | median s/call | tokens/s | x {ref} wall (median, min-max of paired ratios) "
+          f"| median CPU s/call | x {ref} CPU (median, min-max) |\n|---|---|---|---|---|---|")
     summary = {"shape": args.shape, "response_length": args.response_length, "responses": args.prompts * args.group_size}
     for v in variants:
         ratios = [a / b for a, b in zip(times[v], times[ref])]
+        cratios = [a / b for a, b in zip(cpu[v], cpu[ref])]
         med = statistics.median(times[v])
         print(f"| {v} | {med:.2f} | {n_tok / med:.0f} | {statistics.median(ratios):.3f}x "
-              f"({min(ratios):.3f}-{max(ratios):.3f}) |")
+              f"({min(ratios):.3f}-{max(ratios):.3f}) | {statistics.median(cpu[v]):.2f} | "
+              f"{statistics.median(cratios):.3f}x ({min(cratios):.3f}-{max(cratios):.3f}) |")
         summary[f"{v}_over_{ref}"] = round(statistics.median(ratios), 4)
+        summary[f"{v}_over_{ref}_cpu"] = round(statistics.median(cratios), 4)
     print(f"\n{args.shape}, {args.prompts} x {args.group_size} responses x {args.response_length} tokens, float32, "
           f"{args.threads} thread(s), {args.rounds} rounds; torch {torch.__version__}, transformers "
           f"{transformers.__version__}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
