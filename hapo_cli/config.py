@@ -68,6 +68,7 @@ class AlgorithmConfig:
     mask_truncated: bool = False  # drop truncated responses from the loss
     kl_coef: float = 0.0  # KL penalty to the reference (initial) policy, k3 estimator (0: off, no ref model)
     entropy_coef: float = 0.0  # entropy bonus coefficient (0: off)
+    entropy_source: str = "old_pass"  # token entropy for h/stats: old_pass (the trainer's no-grad forward) or rollout (kept while generating, no old-pass needed before the first update; hf: equal to old_pass up to float rounding, vllm: differs by engine numerics)
 
     def enabled(self) -> dict[str, bool]:
         """Component switches {A: bool, ...}."""
@@ -100,7 +101,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     attn_implementation: Optional[str] = None  # sdpa, flash_attention_2, eager (null: transformers' default)
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
-    logits_chunk_size: int = 1024  # tokens per chunk when projecting to the vocabulary (memory bound)
+    logits_chunk_size: Optional[int] = None  # tokens per chunk when projecting to the vocabulary (memory bound); null: from the vocabulary (~2^28 logits per chunk)
 
 
 @dataclass
@@ -366,6 +367,7 @@ def _composition_message(err: Exception, overrides: list[str]) -> str:
 _CHOICES = {
     "algorithm.entropy_mode": ("paper", "reference"),
     "algorithm.stats_scope": ("batch", "microbatch"),
+    "algorithm.entropy_source": ("old_pass", "rollout"),
     "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "trainer.lr_schedule": ("constant", "cosine"),

@@ -35,7 +35,8 @@ class Collector:
         ats = self.objective.ats_params(stats)
         return SamplingParams(n=self.cfg.trainer.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               max_new_tokens=self.cfg.data.max_response_length,
-                              ats=ATSParams(**ats) if ats else None)
+                              ats=ATSParams(**ats) if ats else None,
+                              return_entropy=self.cfg.algorithm.entropy_source == "rollout")
 
     def reward(self, roll: Rollout, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(shaped score [B], accuracy [B]): the task's verifier (in the grading pool), plus the overlong penalty."""

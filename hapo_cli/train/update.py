@@ -39,18 +39,20 @@ class Updater:
         The first mini-batch of the first epoch is trained before any optimizer step, so its
         "old" log-probs and entropies are exactly the ones its own forward pass computes (TRL
         makes the same shortcut with one update per step). It applies when nothing needs them
-        sooner: no batch-scope h, no KL reference, one PPO epoch.
+        sooner: no batch-scope h (unless the entropies come from the rollout), no KL reference,
+        one PPO epoch.
         """
         t = self.t
-        if not t.onpolicy_shortcut or self.obj.needs_h_before_update or self.ref_scorer is not None or t.ppo_epochs != 1:
+        h_first = self.obj.needs_h_before_update and self.a.entropy_source != "rollout"
+        if not t.onpolicy_shortcut or h_first or self.ref_scorer is not None or t.ppo_epochs != 1:
             return 0
         return (t.mini_batch_size // self.dist.world) * t.group_size
 
     def prepare(self, b: StepBatch) -> None:
         """Old log-probs and entropies, h and EntropyStats (unless deferred), advantages."""
         self.score_old(b, skip=self.onpolicy_rows())
-        if not b.fresh_rows:  # else the update computes them once the first mini-batch is scored
-            self.batch_h(b)
+        if not b.fresh_rows or self.a.entropy_source == "rollout":  # else the update computes them
+            self.batch_h(b)  # once the first mini-batch is scored
         b.adv = self.obj.advantages(b.score, b.group_ids, b.mask)
 
     def _slices(self, n: int, start: int = 0) -> list[slice]:
@@ -62,8 +64,16 @@ class Updater:
         """Old-policy log-probs and entropies (and reference log-probs for KL), micro-batched.
 
         Rows `[0, skip)` are left at 0 (see `onpolicy_rows`): the first update fills them in.
+        With `algorithm.entropy_source=rollout` the entropies are the rollout's (`Rollout.entropy`,
+        kept by the engine while generating) and this pass computes log-probs only.
         """
         scorer = self.accelerator.unwrap_model(self.scorer)
+        from_rollout = self.a.entropy_source == "rollout"
+        if from_rollout and b.roll.entropy is None:
+            from hapo_cli.errors import HapoError
+
+            raise HapoError("algorithm.entropy_source=rollout: this rollout engine returns no entropies "
+                            "(the hf engine does); use algorithm.entropy_source=old_pass")
         lps, ents, refs = [], [], []
         skip = min(skip, len(b))
         if skip:
@@ -73,14 +83,18 @@ class Updater:
         b.fresh_rows = skip
         for sl in self._slices(len(b), start=skip):
             with self.accelerator.autocast():
-                lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=self.T)
+                lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=self.T,
+                                 with_entropy=not from_rollout)
             lps.append(lp)
             ents.append(ent)
             if self.ref_scorer is not None:
                 refs.append(self.ref_scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl],
                                             temperature=self.T, with_entropy=False)[0])
         b.old_logp = torch.cat(lps) * b.mask
-        b.entropy = torch.cat(ents) * b.mask
+        if from_rollout:
+            b.entropy = b.roll.entropy.to(b.mask.device) * b.mask
+        else:
+            b.entropy = torch.cat(ents) * b.mask
         if refs:
             b.ref_logp = torch.cat(refs) * b.mask
 
@@ -129,7 +143,7 @@ class Updater:
             ctx = contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer)
             with ctx:
                 finite = finite & self._micro(b, rows[sl], fresh, denom_tok, denom_seq, diag, step)
-        if fresh:  # the first mini-batch filled in the last entropies: h, statistics, deferred splits
+        if fresh and b.h is None:  # the first mini-batch filled in the last entropies: h, statistics, deferred splits
             self.batch_h(b)
             diag.split_deferred(lambda r: b.h[r])
         return finite
@@ -145,7 +159,7 @@ class Updater:
         old = logp.detach() if fresh else b.old_logp[r]
         if self.obj.h_from_microbatch:  # released code: h from each micro-batch's current entropy
             h, _ = self.obj.normalize(ent.detach(), mask)
-        elif fresh:  # b.h needs every row's entropy; C and D are off, h only splits diagnostics
+        elif fresh and b.h is None:  # b.h needs every row's entropy; C and D are off, h only splits diagnostics
             h = torch.zeros_like(mask)
         else:
             h = b.h[r]
@@ -163,7 +177,7 @@ class Updater:
             total = total + a.kl_coef * kl.sum() / denom_tok * world
             diag.add("kl_sum", kl.sum().detach())
         self.accelerator.backward(total)
-        diag.micro(r, mask, adv, m, loss.detach() * weight, h=None if fresh and not self.obj.h_from_microbatch else h)
+        diag.micro(r, mask, adv, m, loss.detach() * weight, h=None if fresh and b.h is None and not self.obj.h_from_microbatch else h)
         return torch.isfinite(total.detach())
 
     def _step_optimizer(self, finite) -> float | None:
