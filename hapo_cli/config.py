@@ -133,6 +133,7 @@ class AlgorithmConfig:
     stats_scope: str = "batch"  # batch (old-policy stats, fixed per step) or microbatch (released code)
     temperature_tau: float = 0.05  # A: T = T_base * (1 + tau * h)
     tlga_fallback_threshold: Optional[float] = 5.0  # B: GRPO fallback when any |A| reaches this (null: off)
+    tlga_fallback_padded: bool = False  # B: the fallback test also sees padded positions (reward 0), as the released code does
     adv_beta: float = 1.0  # C: A_e = A * (1 + beta * h)
     clip_alpha: float = 1.0  # D: bound widening strength
     clip_ratio_low: float = 0.2  # eps_L, left clip bound (ratio >= 1 - eps_L)
@@ -170,7 +171,8 @@ class AlgorithmConfig:
 
         return build_objective(
             self.letters(), advantage=self.advantage, norm_by_std=self.norm_by_std,
-            tlga_fallback_threshold=self.tlga_fallback_threshold, entropy_mode=self.entropy_mode,
+            tlga_fallback_threshold=self.tlga_fallback_threshold, tlga_fallback_padded=self.tlga_fallback_padded,
+            entropy_mode=self.entropy_mode,
             entropy_pivot=self.entropy_pivot, stats_scope=self.stats_scope, temperature_tau=self.temperature_tau,
             adv_beta=self.adv_beta, clip_alpha=self.clip_alpha, clip_ratio_low=self.clip_ratio_low,
             clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.clip_ratio_c, loss_agg=self.loss_agg,
@@ -241,6 +243,8 @@ class DataConfig:
     question_key: str = "question"  # column with the question (string) or a chat list
     answer_key: str = "answer"  # column with the gold answer (dotted path allowed: reward_model.ground_truth)
     prompt_template: str = "{question}"  # how a question becomes a prompt (before the chat template)
+    grading_timeout: float = 10.0  # math: seconds one answer may take to grade (a killed worker; counted wrong, logged)
+    grading_workers: int = 2  # math: grading processes for rewards and validation (0: grade in the trainer's process)
     accept_boxed: bool = False  # math: also grade a \\boxed{} answer when no "Answer:" line is found (DAPO's rule: off)
     max_train_rows: Optional[int] = None  # cap on training rows (null: all)
     val_path: Optional[str] = None  # held-out file (synthetic: built in); null disables validation for files
@@ -285,7 +289,8 @@ class TrainerConfig:
     val_every: int = 20  # validate every N steps (0: only at start and end)
     val_at_start: bool = True  # validate before the first step (the warm-start figure)
     save_every: int = 50  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 1  # how many step checkpoints to keep
+    keep_checkpoints: int = 2  # how many step checkpoints to keep (2: a damaged newest one falls back to the previous)
+    max_skipped_steps: int = 5  # stop after this many consecutive steps whose updates were all non-finite (0: never)
     num_threads: int = 0  # torch CPU threads (0: leave torch's default)
     device: str = "auto"  # auto (accelerate's choice), cpu, cuda
     mixed_precision: str = "no"  # no, bf16, fp16 (accelerate)
@@ -326,7 +331,8 @@ class Config:
     run_name: Optional[str] = None  # run folder name (default: <algorithm>-<data>-<timestamp>)
     output_dir: str = "runs"  # parent folder of run directories
     run_dir: Optional[str] = None  # exact run directory (overrides output_dir/run_name)
-    resume: bool = False  # continue from the last checkpoint in run_dir
+    resume: bool = False  # continue from the newest intact checkpoint in run_dir (refuses a changed config)
+    resume_allow: list[str] = field(default_factory=list)  # config keys a resume may change anyway (recorded in meta.json)
     save_rollouts: bool = True  # keep a sample of each step's rollouts (JSONL) for hapo report
 
 
@@ -384,7 +390,8 @@ def _check_overrides(overrides: list[str]) -> list[str]:
             names = [f.name for f in fields(node)]
             if part not in names:
                 where = ".".join(parts[:i]) or "the top level"
-                raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}")
+                also = " (or the names ats, tlga, dar, aac)" if where == "algorithm.components" else ""
+                raise HapoError(f"unknown config key {key!r}: {where} has {', '.join(names)}{also}")
             node = getattr(node, part)
     return overrides
 

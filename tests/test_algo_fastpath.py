@@ -1,9 +1,9 @@
 """The lean (in-place, bool-free) implementations of hapo_cli.algo against plain textbook references.
 
-The loss, DAR, AAC and the entropy statistics are written for speed (a few reused [B, L] buffers,
-comparisons as 0/1 floats, a hand-written backward). These tests pin them to straightforward
-autograd / bool / torch.quantile references on random batches, in every configuration, and check
-that no public function writes into its inputs.
+DAR, AAC and the entropy statistics are written for speed (a few reused [B, L] buffers, comparisons
+as 0/1 floats); the loss is the spec's formula with autograd. These tests pin them to
+straightforward autograd / bool / torch.quantile references on random batches, in every
+configuration, and check that no public function writes into its inputs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""hapo_cli.algo.loss: the clipped objective, dual clip, aggregation modes, metrics, fused HAPO loss."""
+"""hapo_cli.algo.loss: the clipped objective, dual clip, aggregation modes, metrics, the HAPO loss (AAC + DAR)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import pytest
@@ -281,6 +283,85 @@ def test_hapo_policy_loss_equals_composition_of_components():
             torch.testing.assert_close(gg, wg, **F64)
             for k in wm:
                 torch.testing.assert_close(gm[k], wm[k], **F64)
+
+
+# HAPO by hand, eps 0.2 / 0.28, alpha = beta = 1, c = 10; one row of 5 valid tokens and a padded one (garbage).
+# AAC: h > 0 -> eps_R' = 0.28 (1 + h); h <= 0 -> eps_L' = 0.2 (1 - h). DAR zone (1 - eps_L'/2, 1 + eps_R'/2):
+# A_e = A (1 + h) where (h > 0 and r outside) or (h <= 0 and r inside), else A.
+#   t0 h= .5 A= 1   r=1.5: eps_R' .42, zone (.9, 1.21) out -> A_e 1.5:  max(-2.25, -1.5*1.42)  = -2.13 right clip
+#   t1 h=-.5 A=-1   r=0.6: eps_L' .3, zone (.85, 1.14) out -> A -1:     max(0.6, 0.7)            =  0.7  left clip
+#   t2 h=-.5 A= 2   r=1.0: inside -> A_e 2 * 0.5 = 1:                    max(-1, -1)              = -1    dl/dlogp -1
+#   t3 h= .8 A=-1   r=1.1: eps_R' .504, zone (.9, 1.252) in -> A -1:     max(1.1, 1.1)            =  1.1  dl/dlogp 1.1
+#   t4 h= .2 A=-.5  r=30:  eps_R' .336, zone (.9, 1.168) out -> A_e -.6: min(max(18, .8016), 6)  =  6    dual clip
+# token-mean: (-2.13 + 0.7 - 1 + 1.1 + 6) / 5 = 4.67 / 5. The same tokens with only AAC, only DAR, or neither:
+#   AAC only: -1.42 + 0.7 - 2 + 1.1 + 5 = 3.38   DAR only: -1.92 + 0.8 - 1 + 1.1 + 6 = 4.98
+#   neither:  -1.28 + 0.8 - 2 + 1.1 + 5 = 3.62   (t2 keeps A = 2: dl/dlogp -2; t4's dual clip is -A c = 5)
+HAPO_HAND = {  # (alpha, beta): (loss, d loss / d logp over the 5 valid tokens)
+    (1.0, 1.0): (4.67 / 5, [0.0, 0.0, -1.0, 1.1, 0.0]),
+    (1.0, None): (3.38 / 5, [0.0, 0.0, -2.0, 1.1, 0.0]),
+    (None, 1.0): (4.98 / 5, [0.0, 0.0, -1.0, 1.1, 0.0]),
+    (None, None): (3.62 / 5, [0.0, 0.0, -2.0, 1.1, 0.0]),
+}
+
+
+def test_hapo_policy_loss_hand_values_gradients_and_metrics():
+    ratio = torch.tensor([[1.5, 0.6, 1.0, 1.1, 30.0, 1.0], [1.0] * 6], dtype=D)
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -4.0, -3.0], [9.0] * 6], dtype=D)
+    adv = torch.tensor([[1.0, -1.0, 2.0, -1.0, -0.5, 7.0], [-8.0] * 6], dtype=D)
+    h = torch.tensor([[0.5, -0.5, -0.5, 0.8, 0.2, 0.0], [0.0] * 6], dtype=D)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [0] * 6])
+    for (alpha, beta), (value, grad5) in HAPO_HAND.items():
+        logp = torch.where(mask.bool(), ratio.log() + old, 5.0).requires_grad_(True)  # padding: garbage
+        loss, m = hapo_policy_loss(logp, old, adv, mask, h, 0.2, 0.28, alpha, beta, clip_ratio_c=10.0)
+        torch.testing.assert_close(loss, torch.tensor(value, dtype=D), **F64)
+        (grad,) = torch.autograd.grad(loss, logp)
+        want = torch.zeros(2, 6, dtype=D)
+        want[0, :5] = torch.tensor(grad5, dtype=D) / 5
+        torch.testing.assert_close(grad, want, **F64)
+        assert m["n_tokens"].item() == 5.0
+        assert m["clipfrac_left"].item() == pytest.approx(1 / 5, rel=1e-12)
+        assert m["clipfrac_right"].item() == pytest.approx(1 / 5, rel=1e-12)
+        assert m["clipfrac_dual"].item() == pytest.approx(1 / 5, rel=1e-12)
+        assert m["ratio_mean"].item() == pytest.approx(34.2 / 5, rel=1e-12)
+        assert m["ratio_max"].item() == pytest.approx(30.0, rel=1e-12)
+        assert m["ratio_min"].item() == pytest.approx(0.6, rel=1e-12)
+        assert m["token_clipped_left"][0].tolist() == [False, True, False, False, False, False]
+        assert m["token_clipped_right"][0].tolist() == [True, False, False, False, False, False]
+        assert not m["token_clipped_left"][1].any() and not m["token_clipped_right"][1].any()
+
+
+def test_gradients_match_finite_differences():
+    """torch.autograd.gradcheck (central differences, float64) in every mode, with and without C, D and the dual clip."""
+    gen = torch.Generator().manual_seed(5)
+    b, length = 4, 6
+    old = -torch.rand(b, length, generator=gen, dtype=D) * 2
+    logp = (old + 0.6 * torch.randn(b, length, generator=gen, dtype=D)).requires_grad_(True)
+    logp.data[0, :2] = old[0, :2] + torch.tensor([2.5, -2.0], dtype=D)  # far outside the clip bounds
+    adv = torch.randn(b, length, generator=gen, dtype=D)
+    mask = torch.rand(b, length, generator=gen) < 0.75
+    mask[0, :2] = True
+    h = (torch.rand(b, length, generator=gen, dtype=D) * 2 - 1) * mask
+    fd = dict(eps=1e-6, atol=1e-8, rtol=1e-6)
+    for agg, c in itertools.product(LOSS_AGG_MODES, (3.0, None)):
+        dapo = functools.partial(
+            policy_loss, old_logp=old, adv=adv, mask=mask, eps_low=0.2, eps_high=0.28, clip_ratio_c=c, agg=agg
+        )
+        assert torch.autograd.gradcheck(lambda x, f=dapo: f(x)[0], (logp,), **fd)
+        for alpha, beta in HAPO_HAND:
+            hapo = functools.partial(
+                hapo_policy_loss,
+                old_logp=old,
+                adv=adv,
+                mask=mask,
+                h=h,
+                eps_low=0.2,
+                eps_high=0.28,
+                alpha=alpha,
+                beta=beta,
+                clip_ratio_c=c,
+                agg=agg,
+            )
+            assert torch.autograd.gradcheck(lambda x, f=hapo: f(x)[0], (logp,), **fd)
 
 
 def test_policy_loss_validation():

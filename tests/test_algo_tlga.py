@@ -206,3 +206,29 @@ def test_tlga_validation():
         tlga_advantages(r, g, m, fallback_threshold=0.0)
     with pytest.raises(ValueError, match="rewards"):
         tlga_advantages(torch.ones(3, 1), g, m)
+
+
+def test_released_fallback_counts_padded_positions():
+    """Spec B, the released quirk: shaped rewards that do not straddle 0 (all wrong, one overlong),
+    padded to L = 5. mu = (2(-1) + 4(-1.2)) / 6 = -17/15, sigma = sqrt(0.08/9) = 0.0942809;
+    a padded position's A = (0 - mu) / sigma = 12.02 >= 5: the group falls back to GRPO,
+    (R - mean) / Bessel std = +-0.1 / 0.1414214 = +-0.7071068. Valid tokens alone: A = 1.4142, -0.7071."""
+    rewards = torch.tensor([-1.0, -1.2], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    gid = torch.tensor([0, 0])
+    paper = tlga_advantages(rewards, gid, mask)
+    released = tlga_advantages(rewards, gid, mask, fallback_counts_padding=True)
+    sigma = math.sqrt(0.08 / 9)
+    assert paper[0, 0].item() == pytest.approx((-1 + 17 / 15) / (sigma + 1e-6), rel=1e-12)
+    assert paper[1, 0].item() == pytest.approx((-1.2 + 17 / 15) / (sigma + 1e-6), rel=1e-12)
+    g = 0.1 / (math.sqrt(0.02) + 1e-6)
+    torch.testing.assert_close(released, torch.tensor([[g, g, 0, 0, 0], [-g, -g, -g, -g, 0]], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    # no padding in the batch (L = the longest response): the quirk cannot trigger
+    full = torch.ones(2, 4, dtype=torch.long)
+    torch.testing.assert_close(tlga_advantages(rewards, gid, full, fallback_counts_padding=True),
+                               tlga_advantages(rewards, gid, full), rtol=0, atol=0)
+    # +-1 rewards: both tests agree
+    pm = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(tlga_advantages(pm, gid, mask, fallback_counts_padding=True),
+                               tlga_advantages(pm, gid, mask), rtol=0, atol=0)

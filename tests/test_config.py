@@ -11,8 +11,8 @@ from hapo_cli.errors import HapoError
 
 
 def test_groups_have_the_documented_options():
-    assert group_options("algorithm") == ["archer", "cispo", "clip_cov", "dapo", "edge_grpo", "forking_tokens", "grpo", "gspo", "hapo",
-                                          "hapo_reference", "kl_cov"]
+    assert group_options("algorithm") == ["archer", "cispo", "clip_cov", "dapo", "edge_grpo", "forking_tokens", "grpo",
+                                          "gspo", "hapo", "hapo_reference", "kl_cov"]
     assert {"tiny", "qwen2.5-math-1.5b", "qwen2.5-math-7b", "qwen3-8b-base"} <= set(group_options("model"))
     assert {"synthetic", "dapo_math", "local"} <= set(group_options("data"))
     assert {"hf", "vllm"} <= set(group_options("rollout"))
@@ -81,22 +81,31 @@ def test_presets_set_the_components_and_spec_values():
         (["algorithm=dapo", "algorithm.components.ats=true", "algorithm.components.D=true"], "AD"),
         (["algorithm=hapo", "algorithm.components.dar=false"], "ABD"),
         (["algorithm=hapo", "algorithm.components.C=false"], "ABD"),
-        (["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=true"], "ABCD"),
+        (["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=false"], "ABD"),
     ],
 )
 def test_components_by_letter_or_name(overrides, expected):
     cfg, _ = compose_config(overrides)
     assert "".join(k for k, v in cfg.algorithm.enabled().items() if v) == expected
+    assert cfg.algorithm.letters() == expected
+
+
+def test_conflicting_switches_are_refused():
+    """A letter and its name set differently: one line, never a silent winner."""
+    with pytest.raises(HapoError, match=r"^conflicting switches: algorithm.components.C=false and "
+                                        r"algorithm.components.dar=true set component C"):
+        compose_config(["algorithm=hapo", "algorithm.components.C=false", "algorithm.components.dar=true"])
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: dapo, grpo, hapo, hapo_reference"),
+        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: archer, cispo, clip_cov, dapo, edge_grpo, "
+                             "forking_tokens, grpo, gspo, hapo, hapo_reference, kl_cov"),
         (["model=gpt5"], "unknown model 'gpt5'; choose one of:"),
         (["trainer.nope=1"], "unknown config key 'trainer.nope': trainer has total_steps,"),
         (["nope=1"], "unknown config key 'nope': the top level has algorithm,"),
-        (["algorithm.components.E=true"], "algorithm.components has A, B, C, D, ats, tlga, dar, aac"),
+        (["algorithm.components.E=true"], "algorithm.components has A, B, C, D (or the names ats, tlga, dar, aac)"),
         (["trainer.lr"], "override 'trainer.lr' is not key=value"),
         (["trainer.lr=fast"], "bad value for trainer.lr"),
         (["algorithm.entropy_mode=fancy"], "algorithm.entropy_mode='fancy' is not valid; choose one of: paper, reference"),

@@ -89,11 +89,11 @@ def test_forking_global_denominator_is_the_sum_of_topk_counts():
     assert obj.denominator_tokens(masks).item() == 4
     assert build_objective("").denominator_tokens(masks) is None
     # micro-batch weights: its selected tokens over the mini-batch's; reference_microbatch: its responses' share
-    m = {"n_tokens": torch.tensor(3.0)}
-    assert obj.micro_weight(masks[0], m, 2, torch.tensor(4.0), torch.tensor(4.0)).item() == 0.75
+    m, share = {"n_tokens": torch.tensor(3.0)}, torch.tensor(0.25)
+    assert obj.micro_weight(masks[0], m, share, torch.tensor(4.0)).item() == 0.75
     ref = build_objective("", agg_scope="reference_microbatch")
-    assert ref.micro_weight(masks[0], m, 2, torch.tensor(4.0), torch.tensor(8.0)).item() == 0.25
-    assert build_objective("").micro_weight(masks[0], m, 2, torch.tensor(28.0), torch.tensor(8.0)).item() == 0.5
+    assert ref.micro_weight(masks[0], m, share, torch.tensor(4.0)).item() == 0.25
+    assert build_objective("").micro_weight(masks[0], m, share, torch.tensor(28.0)).item() == 0.5
 
 
 def test_gspo_composes_with_c_and_d():
@@ -143,7 +143,7 @@ def test_archer_loss_and_kl_a1():
     pg, m = obj.loss(x)
     assert pg.item() == pytest.approx(-0.4125, abs=1e-12)
     assert m["high_frac"].item() == pytest.approx(2 / 8)
-    kl, km = obj.kl_loss(x, 1e-3, torch.tensor(8.0), torch.tensor(2.0))  # one micro-batch of both responses
+    kl, km = obj.kl_loss(x, 1e-3, torch.tensor(8.0), torch.tensor(1.0))  # one micro-batch of both responses
     assert kl.item() == pytest.approx(8.4711e-6, abs=1e-9)
     assert (pg + kl).item() == pytest.approx(-0.41249153, abs=1e-8)
     assert km["kl_low"].item() == pytest.approx(0.00847109, abs=1e-8)

@@ -7,7 +7,7 @@ Find each HAPO component by name:
 - advantages.py B  Token-Level Group Average: tlga_advantages (and the GRPO baseline), ADVANTAGE_ESTIMATORS
 - dar.py        C  Differential Advantage Redistribution: redistribute_advantages
 - aac.py        D  Asymmetric Adaptive Clipping: adaptive_clip_bounds
-- loss.py       the clipped objective: policy_loss, hapo_policy_loss (C and D fused in), LOSS_AGG_MODES
+- loss.py       the clipped objective: policy_loss, hapo_policy_loss (D then C, then policy_loss), LOSS_AGG_MODES
 - dapo.py       DAPO pieces: overlong_penalty, informative_groups (dynamic sampling)
 - objective.py  the ONE map from switches (A-D, advantage estimator, loss options) to the maths: build_objective
 
@@ -56,9 +56,10 @@ Decisions where the spec leaves room (each is also stated in the function's docs
 Performance (measured by benchmarks/algo_overhead.py; the results are exactly the spec's): the
 [B, L] maths works on a few reused float buffers, in place where it can, with comparisons written
 as 0/1 floats (`torch.lt(..., out=float_buffer)`) and masking by multiplication: on CPU a fresh
-[B, L] temporary, a bool tensor or `torch.where` costs several times a float pass. The loss has a
-hand-written backward (`dl/dlogp = A r * [no clip binds] * d agg / d l`, one pass). What HAPO adds
-over DAPO and cannot drop is one log over the entropies and the exact pivot (two histogram passes).
+[B, L] temporary, a bool tensor or `torch.where` costs several times a float pass. The loss is the
+spec's formula with autograd: a fused loss with a hand-written backward saved under 2% of a
+training step (benchmarks/step_time.py), not worth the unreadable code. What HAPO adds over DAPO
+and cannot drop is one log over the entropies and the exact pivot (two histogram passes).
 """
 
 from .aac import adaptive_clip_bounds

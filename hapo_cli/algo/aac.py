@@ -42,24 +42,6 @@ def _widened_bounds(
     return _scaled(low, eps_low), _scaled(high, eps_high)
 
 
-def _clip_limits(
-    h: Tensor, eps_low: float | Tensor, eps_high: float | Tensor, alpha: float
-) -> tuple[Tensor, Tensor]:
-    """The clip limits `(1 - eps_low', 1 + eps_high')` of spec D directly, both like h (new tensors).
-
-    `1 - eps_L (1 - alpha min(h, 0)) = min((1 - eps_L) + eps_L alpha h, 1 - eps_L)` and
-    `1 + eps_R (1 + alpha max(h, 0)) = max((1 + eps_R) + eps_R alpha h, 1 + eps_R)` (eps, alpha >= 0):
-    two passes each.
-    """
-    if isinstance(eps_low, Tensor) or isinstance(eps_high, Tensor):
-        eps_l, eps_h = _widened_bounds(h, eps_low, eps_high, alpha)
-        return eps_l.neg_().add_(1.0), eps_h.add_(1.0)
-    base_lo, base_hi = 1.0 - float(eps_low), 1.0 + float(eps_high)
-    lo = torch.add(h.new_full((), base_lo), h, alpha=float(eps_low) * alpha).clamp_max_(base_lo)
-    hi = torch.add(h.new_full((), base_hi), h, alpha=float(eps_high) * alpha).clamp_min_(base_hi)
-    return lo, hi
-
-
 def adaptive_clip_bounds(
     h: Tensor, eps_low: float | Tensor, eps_high: float | Tensor, alpha: float = 1.0
 ) -> tuple[Tensor, Tensor]:

@@ -77,7 +77,8 @@ def grpo_advantages(rewards: Tensor, group_ids: Tensor, mask: Tensor, norm_by_st
 
 
 def tlga_advantages(
-    rewards: Tensor, group_ids: Tensor, mask: Tensor, fallback_threshold: float | None = 5.0
+    rewards: Tensor, group_ids: Tensor, mask: Tensor, fallback_threshold: float | None = 5.0,
+    fallback_counts_padding: bool = False,
 ) -> Tensor:
     """Token-Level Group Average advantage: `rewards [B]`, `group_ids [B]` int, `mask [B, L]` -> `[B, L]`.
 
@@ -90,8 +91,11 @@ def tlga_advantages(
 
     Fallback (`fallback_threshold`, default 5.0; None disables it): if any valid token of a group
     has `|A| >= fallback_threshold`, the whole group takes the plain GRPO advantage (Bessel std
-    over its responses). Only VALID tokens are tested (the released code also counts padded
-    positions, whose broadcast value is 0; with +-1 rewards both agree, see the spec).
+    over its responses). By default only VALID tokens are tested. `fallback_counts_padding=True`
+    reproduces the released code, which also tests the group's padded positions (up to the
+    batch's padded length `L = mask.shape[1]`), whose broadcast reward is 0: a group with any
+    padding falls back when `|0 - mu_g| / (sigma_g + 1e-6) >= threshold` (with +-1 rewards the two
+    agree; with shaped rewards that do not straddle 0 the released code falls back, spec B).
     Groups with zero reward variance over their valid tokens (all valid responses with equal
     rewards, or fewer than two responses with tokens) get A = 0 exactly. Padded tokens get 0.
     Float32 (float64 for float64 rewards); no gradient.
@@ -116,7 +120,11 @@ def tlga_advantages(
         constant = ~(amax > amin)[idx]  # [B] no reward variance among the group's valid tokens
         adv = torch.where(constant, torch.zeros_like(adv), adv)
         if fallback_threshold is not None:
-            hit = ((adv.abs() >= float(fallback_threshold)) & has_tokens).to(dtype)  # [B]
+            hit = (adv.abs() >= float(fallback_threshold)) & has_tokens  # [B]
+            if fallback_counts_padding:  # released code: padded positions (reward 0) are tested too
+                pad_adv = (-mu / (torch.sqrt(var) + ADV_EPS))[idx]  # [B] the broadcast A of a padded position
+                hit = hit | ((pad_adv.abs() >= float(fallback_threshold)) & (n < mask_f.shape[-1]) & ~constant)
+            hit = hit.to(dtype)
             group_hit = (group_sum(hit, idx) > 0)[idx]  # [B] the response's group falls back
             adv = torch.where(group_hit, _grpo_sequence_advantages(r, idx, True), adv)
         return mask_f.mul_(adv.unsqueeze(-1))  # [B, L]
@@ -126,7 +134,7 @@ AdvantageEstimator = Callable[..., Tensor]
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "grpo": grpo_advantages,  # options: norm_by_std=True (False = Dr.GRPO)
-    "tlga": tlga_advantages,  # options: fallback_threshold=5.0 (None disables)
+    "tlga": tlga_advantages,  # options: fallback_threshold=5.0 (None disables), fallback_counts_padding=False
 }
 """Advantage estimators by name, all called as `fn(rewards [B], group_ids [B], mask [B, L], **options) -> [B, L]`."""
 

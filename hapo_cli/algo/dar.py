@@ -25,18 +25,15 @@ def _check_beta(fn: str, beta: float) -> None:
         raise ValueError(f"{fn}: beta must be >= 0, got {beta!r}")
 
 
-def _redistribute_(
-    adv: Tensor, h: Tensor, r: Tensor, lo, hi, beta: float, scratch: tuple[Tensor, Tensor] | None = None
-) -> Tensor:
+def _redistribute_(adv: Tensor, h: Tensor, r: Tensor, lo, hi, beta: float) -> Tensor:
     """In place: `adv *= 1 + beta * h` where `(r in the neutral zone) XOR (h > 0)`; returns adv. All `[B, L]`.
 
     `lo = 1 - eps_L`, `hi = 1 + eps_R` are the clip limits (floats or `[B, L]`); the zone
     `(1 - eps_L/2, 1 + eps_R/2) = ((1 + lo)/2, (1 + hi)/2)` is tested as `lo < 2r - 1 < hi`.
     With `inside` as 0/1 floats, the h where A_e applies is `max(h, 0) - |h| * inside`
-    (`h (1 - inside)` for h > 0, `h * inside` for h <= 0): no bool tensors. `scratch`: two
-    `[B, L]` buffers like r to work in (allocated if not given).
+    (`h (1 - inside)` for h > 0, `h * inside` for h <= 0): no bool tensors.
     """
-    u, t = scratch if scratch is not None else (torch.empty_like(r), torch.empty_like(r))
+    u, t = torch.empty_like(r), torch.empty_like(r)  # [B, L] work buffers
     torch.mul(r, 2.0, out=u).sub_(1.0)  # [B, L] 2r - 1
     torch.lt(u, hi, out=t)  # [B, L] 2r - 1 < hi
     inside = u.gt_(lo).mul_(t)  # [B, L] 0/1: r in the neutral zone (open interval)

@@ -1,23 +1,22 @@
 """The clipped policy-gradient objective (DAPO baseline and HAPO) and its loss aggregation modes.
 
-hapo-spec "The clipped objective": per token, with `r = exp(logp - old_logp)`,
+hapo-spec "The clipped objective", per token, with `r = exp(logp - old_logp)`:
 `l1 = -A r`, `l2 = -A clip(r, 1 - eps_L, 1 + eps_R)`, `l = max(l1, l2)`, and for A < 0 the dual
-clip `l = min(l, -A c)`. It is computed as `l = -g` with the clipped surrogate gain
-`g = min(A r, A clip(r, ...))` and the dual clip written `g = max(g, min(A c, 0))`, which is the
-same thing (for A >= 0, g >= 0 already) without a branch on the sign of A.
+clip `l = min(l, -A c)`; then `aggregate_loss` over the valid tokens. The code below is that
+formula line by line, and autograd gives the gradient.
 
-`policy_loss` is the DAPO/GRPO loss; `hapo_policy_loss` is the same loss with HAPO's per-token
-components D (AAC, `alpha`) and C (DAR, `beta`) applied inside it, sharing one ratio pass;
-it equals calling `adaptive_clip_bounds`, `redistribute_advantages` and `policy_loss` in turn.
+`policy_loss` is the DAPO/GRPO loss. `hapo_policy_loss` is `policy_loss` after HAPO's per-token
+components: D (AAC, `adaptive_clip_bounds`, `alpha`) widens the bounds, then C (DAR,
+`redistribute_advantages`, `beta`) reweights the advantages by the neutral zone of those bounds.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import as_float_mask, check_same_shape, check_tensor, count_ones, float_dtype
-from .aac import _check_alpha, _check_eps, _clip_limits
-from .dar import _check_beta, _redistribute_
+from ._common import as_float_mask, check_same_shape, check_tensor, float_dtype
+from .aac import _check_alpha, _check_eps, adaptive_clip_bounds
+from .dar import _check_beta, redistribute_advantages
 
 Tensor = torch.Tensor
 
@@ -32,7 +31,6 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "se
 - "seq-mean-token-sum-norm" (Dr.GRPO): sum over all valid tokens / (B * L), i.e. every sequence's
   token sum divided by the CONSTANT padded length L (not its own length), averaged over all B rows.
 """
-
 
 _MAX_LOG_RATIO = 20.0  # |logp - old_logp| is clamped here before exp (r in [2e-9, 4.9e8]): no inf / NaN
 
@@ -72,77 +70,8 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, agg: str = "token-mean") -> 
     return _aggregate(per_token * mask_f, mask_f, agg)
 
 
-class _AttachGradient(torch.autograd.Function):
-    """`loss` (a scalar computed without autograd) as a function of `logp`: `d loss / d logp = coef * w`.
-
-    `coef [B, L]` is `d g / d logp` of the per-token gain (`A r` where no clip binds, else 0) and
-    `w` (0-dim, or `[B, 1]` for the seq-mean modes) is `d loss / d g` of the aggregation, so the
-    backward is one pass over `[B, L]` instead of autograd's chain through the clip, the masking
-    and the aggregation.
-    """
-
-    @staticmethod
-    def forward(ctx, logp: Tensor, loss: Tensor, coef: Tensor, w: Tensor) -> Tensor:  # -> []
-        ctx.save_for_backward(coef, w)
-        ctx.logp_dtype = logp.dtype
-        return loss.clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        coef, w = ctx.saved_tensors
-        grad = coef * (grad_out.to(w.dtype) * w)  # [B, L]
-        return grad.to(ctx.logp_dtype), None, None, None
-
-
-def _limit(eps: float | Tensor, sign: float, ref: Tensor) -> float | Tensor:
-    """1 + sign * eps as a float, or as a tensor on ref's device/dtype."""
-    if isinstance(eps, Tensor):
-        return (eps.detach().to(device=ref.device, dtype=ref.dtype) * sign).add_(1.0)
-    return 1.0 + sign * float(eps)
-
-
-def _clamp(x: Tensor, lo: float | Tensor, hi: float | Tensor, out: Tensor) -> Tensor:
-    """`min(max(x, lo), hi)` written to `out`, for float and/or tensor limits."""
-    if isinstance(lo, Tensor) != isinstance(hi, Tensor):
-        return torch.clamp_min(x, lo, out=out).clamp_max_(hi)
-    return torch.clamp(x, lo, hi, out=out)
-
-
-def _aggregate_gain(g: Tensor, counts: Tensor | None, n: Tensor, agg: str) -> tuple[Tensor, Tensor]:
-    """`(loss, w)` of the per-token gain `g [B, L]` (0 at padding): `loss = -aggregate(g)` (the
-    arithmetic of `_aggregate`) and `w = d loss / d g` (0-dim, or `[B, 1]` for the seq-mean modes).
-    `n`: valid tokens; `counts [B]`: valid tokens per sequence (needed by the seq-mean modes)."""
-    if agg == "token-mean":
-        denom = n.clamp_min(1.0)
-        return -(g.sum() / denom), torch.full_like(denom, -1.0) / denom
-    if agg == "seq-mean-token-sum-norm":
-        denom = float(max(g.numel(), 1))
-        return -(g.sum() / denom), torch.full((), -1.0 / denom, dtype=g.dtype, device=g.device)
-    seq = g.sum(-1)  # [B]
-    rows = (counts > 0).sum().clamp_min(1)  # [] sequences with a valid token
-    w = torch.full_like(counts, -1.0) / rows  # [B]
-    if agg == "seq-mean-token-mean":
-        counts = counts.clamp_min(1.0)
-        seq = seq / counts
-        w = w / counts
-    return -(seq.sum() / rows), w.unsqueeze(-1)
-
-
-def _loss_core(
-    fn: str,
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    eps_low: float | Tensor,
-    eps_high: float | Tensor,
-    clip_ratio_c: float | None,
-    agg: str,
-    h: Tensor | None = None,
-    alpha: float | None = None,
-    beta: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
+def _check_loss_args(fn, logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg) -> None:
+    """The argument checks shared by `policy_loss` and `hapo_policy_loss` (errors name `fn`)."""
     _check_agg(fn, agg)
     for name, t in (("logp", logp), ("old_logp", old_logp), ("adv", adv), ("mask", mask)):
         check_tensor(fn, name, t)
@@ -157,77 +86,50 @@ def _loss_core(
         )
     _check_eps(fn, "eps_low", eps_low)
     _check_eps(fn, "eps_high", eps_high)
-    c = None if clip_ratio_c is None else float(clip_ratio_c)
 
-    # The arithmetic below runs on five [B, L] float buffers (seven with AAC), in place where it
-    # can: on CPU a fresh [B, L] temporary costs about as much as the arithmetic on it (allocation,
-    # page faults), and comparisons are written as 0/1 floats (`torch.lt(..., out=float)`),
-    # several times cheaper there than bool tensors and `torch.where`.
+
+def _ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
+    """`r = exp(logp - old_logp)` `[B, L]`, 1 at padding; the log-ratio clamped to +-20 (never inf)."""
+    return torch.exp(torch.where(valid, logp - old_logp, 0.0).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+
+
+def _bound(eps: float | Tensor, like: Tensor) -> Tensor:
+    """A clip bound (float, or tensor broadcastable to `[B, L]`) as a constant tensor like `like`.
+
+    `torch.clamp` takes tensor bounds or number bounds, not one of each; `torch.full` makes the
+    0-dim tensor on the device itself (no host-to-device copy, so no sync on accelerators).
+    """
+    if isinstance(eps, Tensor):
+        return eps.detach().to(dtype=like.dtype, device=like.device)
+    return torch.full((), float(eps), dtype=like.dtype, device=like.device)
+
+
+def _loss_metrics(
+    loss: Tensor, r: Tensor, a: Tensor, valid: Tensor, lo: Tensor, hi: Tensor, c: float | None
+) -> dict[str, Tensor]:
+    """What one loss call logs (detached): clip fractions over the valid tokens, ratio statistics."""
     with torch.no_grad():
-        dtype = float_dtype(logp, old_logp, adv)
-        mask_f = as_float_mask(mask, dtype)  # [B, L] 0/1 (a new tensor: reused as scratch below)
-        n = count_ones(mask_f)  # [] valid tokens
+        r = r.detach()
+        n = valid.sum().to(r.dtype)  # [] valid tokens
         denom = n.clamp_min(1.0)
-        counts = None if agg in ("token-mean", "seq-mean-token-sum-norm") else mask_f.sum(-1)  # [B]
-        r = torch.sub(logp.detach().to(dtype), old_logp.detach().to(dtype))  # [B, L] log r
-        r.mul_(mask_f).clamp_(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp_()  # r, 1 at padding; never inf
-        a = torch.mul(adv.detach().to(dtype), mask_f)  # [B, L] A, 0 at padding
-        g1, g = torch.empty_like(r), torch.empty_like(r)  # [B, L] buffers
-        # ratio statistics over valid tokens (r > 0, so the zeros at padding never win; all 0 without tokens)
-        inv_min = torch.div(mask_f, r, out=g).amax()  # = 1 / (min valid r)
-        ratio_max = torch.mul(r, mask_f, out=g).amax()
-        ratio_mean = g.sum() / denom
-        t = mask_f  # the mask is folded into r and A: its buffer is the third scratch buffer from here on
-        del mask_f
-
-        hd = None if h is None else h.detach().to(dtype)
-        if hd is not None and alpha is not None:  # D: per-token limits 1 - eps_L', 1 + eps_R'
-            lo, hi = _clip_limits(hd, eps_low, eps_high, float(alpha))
-        else:
-            lo, hi = _limit(eps_low, -1.0, r), _limit(eps_high, 1.0, r)
-        if hd is not None and beta is not None:  # C: with the same (possibly widened) bounds, in place
-            _redistribute_(a, hd, r, lo, hi, float(beta), scratch=(g1, g))
-
-        # the gain g = -l = max(min(A r, A clip(r, lo, hi)), min(A c, 0)); 0 at padding (A = 0)
-        torch.mul(a, r, out=g1)  # [B, L] A r
-        _clamp(r, lo, hi, out=g).mul_(a)  # [B, L] A clip(r, lo, hi)
-        torch.minimum(g1, g, out=g)
-        if c is not None:
-            torch.mul(a, c, out=t).clamp_max_(0.0)  # [B, L] min(A c, 0): the dual clip binds only for A < 0
-            torch.maximum(g, t, out=g)
-        loss, w = _aggregate_gain(g, counts, n, agg)
-        coef = torch.eq(g, g1, out=t).mul_(g1)  # [B, L] d g / d logp: A r where no clip binds, else 0
-
-        # clip metrics, with g and g1 as scratch
-        neg = torch.lt(a, 0.0, out=g1)  # [B, L] A < 0 (padding has A = 0, so it is never counted)
-        left = torch.lt(r, lo, out=g).mul_(neg)  # [B, L] the lower clip binds
-        clipfrac_left = count_ones(left) / denom
-        token_clipped_left = left.bool()
-        if c is not None:
-            clipfrac_dual = count_ones(torch.gt(r, c, out=g).mul_(neg)) / denom  # the dual clip binds
-        else:
-            clipfrac_dual = torch.zeros((), dtype=dtype, device=r.device)
-        pos = torch.gt(a, 0.0, out=g1)  # [B, L] A > 0
-        right = torch.gt(r, hi, out=g).mul_(pos)  # [B, L] the upper clip binds
-        clipfrac_right = count_ones(right) / denom
-        token_clipped_right = right.bool()
-
-    loss = _AttachGradient.apply(logp, loss, coef, w)  # [] differentiable w.r.t. logp
-    with torch.no_grad():
-        metrics: dict[str, Tensor] = {
+        left = valid & (a < 0) & (r < lo)  # [B, L] the lower clip binds
+        right = valid & (a > 0) & (r > hi)  # [B, L] the upper clip binds
+        dual = valid & (a < 0) & (r > c) if c is not None else torch.zeros_like(valid)  # the dual clip binds
+        clipfrac_left, clipfrac_right = left.sum() / denom, right.sum() / denom
+        ratio_min = torch.where(valid, r, torch.inf).amin()
+        return {
             "loss": loss.detach(),
             "clipfrac_left": clipfrac_left,
             "clipfrac_right": clipfrac_right,
             "clipfrac": clipfrac_left + clipfrac_right,
-            "clipfrac_dual": clipfrac_dual,
-            "ratio_mean": ratio_mean,
-            "ratio_max": ratio_max,
-            "ratio_min": torch.where(inv_min > 0, 1.0 / inv_min, 0.0),
+            "clipfrac_dual": dual.sum() / denom,
+            "ratio_mean": torch.where(valid, r, 0.0).sum() / denom,
+            "ratio_max": torch.where(valid, r, 0.0).amax(),  # r > 0: the zeros at padding never win
+            "ratio_min": torch.where(n > 0, ratio_min, 0.0),  # 0 without valid tokens
             "n_tokens": n,
-            "token_clipped_left": token_clipped_left,
-            "token_clipped_right": token_clipped_right,
+            "token_clipped_left": left,
+            "token_clipped_right": right,
         }
-    return loss, metrics
 
 
 def policy_loss(
@@ -245,13 +147,14 @@ def policy_loss(
     Spec "The clipped objective": `r = exp(logp - old_logp)`, `l = max(-A r, -A clip(r, 1-eps_L, 1+eps_R))`,
     and for A < 0 `l = min(l, -A c)` (dual clip, `c = clip_ratio_c` > 1; None disables it),
     aggregated over valid tokens by `agg` (one of `LOSS_AGG_MODES`, default "token-mean").
-    `eps_low` / `eps_high` are floats (DAPO clip-higher: 0.2 / 0.28) or `[B, L]` tensors (AAC).
-    Gradient flows into `logp` only (`old_logp`, `adv` and the bounds are constants):
+    `eps_low` / `eps_high` are floats (DAPO clip-higher: 0.2 / 0.28) or tensors broadcastable to
+    `[B, L]` (AAC). The maths runs in float64 if any of logp / old_logp / adv is float64, else
+    float32. Gradient flows into `logp` only (`old_logp`, `adv` and the bounds are constants):
     `dl/dlogp = -A r` where the clip does not bind and 0 where it does.
-    Values at masked positions (mask 0) never matter; they must be finite (masking multiplies by 0).
+    Values at masked positions (mask 0) never matter; they must be finite.
     As a numerical guard `logp - old_logp` is clamped to [-20, 20] before exp (so r cannot
     overflow to inf and A = 0 never meets r = inf); it only matters beyond r = e^20 = 4.9e8, where
-    every clip but the disabled dual clip already binds.
+    every clip but the disabled dual clip already binds (the gradient is 0 beyond it).
 
     "token-mean" is the mean over THIS call's valid tokens; to weight micro-batches consistently
     under gradient accumulation / data parallelism, scale the loss by
@@ -260,11 +163,24 @@ def policy_loss(
     Metrics (detached tensors): `loss`; `clipfrac_left` (fraction of valid tokens with A < 0 and
     r < 1 - eps_L: the lower clip binds), `clipfrac_right` (A > 0 and r > 1 + eps_R),
     `clipfrac` (their sum), `clipfrac_dual` (A < 0 and r > c: the dual clip binds);
-    `ratio_mean` / `ratio_max` / `ratio_min` over valid tokens; `n_tokens` (float); and the
-    per-token bool masks `token_clipped_left` / `token_clipped_right` `[B, L]` (to split the
-    clip fractions by the sign of h).
+    `ratio_mean` / `ratio_max` / `ratio_min` over valid tokens (0 without one); `n_tokens`
+    (float); and the per-token bool masks `token_clipped_left` / `token_clipped_right` `[B, L]`
+    (to split the clip fractions by the sign of h).
     """
-    return _loss_core("policy_loss", logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)
+    _check_loss_args("policy_loss", logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)
+    dtype = float_dtype(logp, old_logp, adv)
+    valid = mask != 0  # [B, L]
+    a = torch.where(valid, adv.detach().to(dtype), 0.0)  # [B, L] A, 0 at padding
+    lo = 1.0 - _bound(eps_low, a)  # [] or [B, L] 1 - eps_L
+    hi = 1.0 + _bound(eps_high, a)  # [] or [B, L] 1 + eps_R
+    r = _ratio(logp.to(dtype), old_logp.detach().to(dtype), valid)  # [B, L] the importance ratio
+    l1 = -a * r  # [B, L]
+    l2 = -a * torch.clamp(r, lo, hi)  # [B, L]
+    per_token = torch.maximum(l1, l2)  # [B, L] the pessimistic (clipped) surrogate
+    if clip_ratio_c is not None:  # dual clip: for A < 0 the loss is at most -A c
+        per_token = torch.where(a < 0, torch.minimum(per_token, -a * float(clip_ratio_c)), per_token)
+    loss = aggregate_loss(per_token, valid, agg)  # []
+    return loss, _loss_metrics(loss, r, a, valid, lo, hi, clip_ratio_c)
 
 
 def hapo_policy_loss(
@@ -280,22 +196,29 @@ def hapo_policy_loss(
     clip_ratio_c: float | None = 10.0,
     agg: str = "token-mean",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """HAPO's clipped loss with AAC (D) and DAR (C) fused in: all inputs `[B, L]` -> `(loss [], metrics)`.
+    """HAPO's clipped loss with AAC (D) and DAR (C): all inputs `[B, L]` -> `(loss [], metrics)`.
 
-    Exactly `policy_loss(logp, old_logp, redistribute_advantages(adv, h, r, eL, eH, beta), mask, eL, eH, c, agg)`
-    with `(eL, eH) = adaptive_clip_bounds(h, eps_low, eps_high, alpha)` and `r = exp(logp - old_logp)`,
-    but computing the ratio once. `alpha=None` switches AAC off (base bounds), `beta=None`
-    switches DAR off; with both None it is `policy_loss`. `h` is the normalised entropy
-    (`normalize_entropy`, 0 at masked positions). Same metrics as `policy_loss` (clip fractions
-    against the widened bounds).
+    `policy_loss(logp, old_logp, redistribute_advantages(adv, h, r, eL, eH, beta), mask, eL, eH, c, agg)`
+    with `(eL, eH) = adaptive_clip_bounds(h, eps_low, eps_high, alpha)` and `r = exp(logp - old_logp)`.
+    `alpha=None` switches AAC off (base bounds), `beta=None` switches DAR off; with both None it
+    is `policy_loss`. `h` is the normalised entropy (`normalize_entropy`, 0 at masked positions).
+    Same metrics as `policy_loss` (clip fractions against the widened bounds, signs of the
+    redistributed advantages).
     """
     fn = "hapo_policy_loss"
+    _check_loss_args(fn, logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)
     check_tensor(fn, "h", h)
     check_same_shape(fn, logp=logp, h=h)
     if alpha is not None:
         _check_alpha(fn, alpha)
     if beta is not None:
         _check_beta(fn, beta)
-    return _loss_core(
-        fn, logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg, h=h, alpha=alpha, beta=beta
-    )
+    with torch.no_grad():  # C and D are constants of the loss
+        dtype = float_dtype(logp, old_logp, adv)
+        hd = h.detach().to(dtype)  # [B, L]
+        if alpha is not None:  # D: per-token bounds eps_L', eps_R'
+            eps_low, eps_high = adaptive_clip_bounds(hd, eps_low, eps_high, alpha)
+        if beta is not None:  # C: A or A (1 + beta h) by entropy and neutral zone (of the widened bounds)
+            r = _ratio(logp.detach().to(dtype), old_logp.detach().to(dtype), mask != 0)  # [B, L]
+            adv = redistribute_advantages(adv.detach().to(dtype), hd, r, eps_low, eps_high, beta)
+    return policy_loss(logp, old_logp, adv, mask, eps_low, eps_high, clip_ratio_c, agg)

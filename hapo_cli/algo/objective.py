@@ -371,23 +371,22 @@ class Objective:
         counts = [torch.floor(m.sum().double() * rho + 0.9999).clamp_min(1.0) * (m.sum() > 0) for m in masks]
         return torch.stack(counts).sum().to(masks[0].dtype)
 
-    def micro_weight(self, mask: Tensor, metrics: Mapping[str, Tensor], n_rows: int, denom_tok: Tensor,
-                     denom_seq: Tensor):
+    def micro_weight(self, mask: Tensor, metrics: Mapping[str, Tensor], seq_share: Tensor, denom_tok: Tensor):
         """Weight of one micro-batch's loss in its mini-batch's gradient (`agg_scope`).
 
-        global token-mean: its denominator tokens over the mini-batch's (every rank); otherwise its
-        share of the mini-batch's responses.
+        global token-mean: its denominator tokens over the mini-batch's (every rank); otherwise
+        `seq_share`, its share of the mini-batch's sequences.
         """
         if self.agg_scope == "global" and self.loss_agg == "token-mean":
             return (metrics["n_tokens"] if self.selection_denominator else mask.sum()) / denom_tok
-        return n_rows / denom_seq
+        return seq_share
 
-    def kl_loss(self, x: LossInputs, coef: float, denom_tok: Tensor, denom_seq: Tensor) -> tuple[Tensor, dict]:
+    def kl_loss(self, x: LossInputs, coef: float, denom_tok: Tensor, seq_share: Tensor) -> tuple[Tensor, dict]:
         """The KL penalty to the reference model (k3): over every token, or Archer's per-class term.
 
         -> (term to add to the micro-batch's loss, metrics with `kl_sum`: the k3 sum of its tokens).
         Archer's classes are aggregated per micro-batch (their counts come from the current
-        entropy) and weighted by the micro-batch's share of responses (spec A2).
+        entropy) and weighted by the micro-batch's share of sequences `seq_share` (spec A2).
         """
         d = (x.ref_logp - x.logp).clamp(-20, 20)
         kl = (torch.exp(d) - d - 1) * x.mask
@@ -398,7 +397,7 @@ class Objective:
         term, km = archer_kl_loss(x.logp, x.ref_logp, x.mask, x.entropy_from(o["entropy_source"]), o["quantile"],
                                   coef, o["high_kl_coef"], agg=self.loss_agg)
         m.update({"kl_low": km["kl_low"], "kl_high": km["kl_high"]})
-        return term * x.mask.shape[0] / denom_seq, m
+        return term * seq_share, m
 
     # -------------------------------------------------------------- rollout correction
 
@@ -468,6 +467,7 @@ def build_objective(
     advantage: str | None = None,
     norm_by_std: bool = True,
     tlga_fallback_threshold: float | None = 5.0,
+    tlga_fallback_padded: bool = False,
     loss_name: str = "ppo",
     loss_options: Mapping[str, Any] | None = None,
     token_mask: str | None = None,
@@ -478,7 +478,8 @@ def build_objective(
     """An Objective from enabled letters (e.g. "ABCD") and the spec's hyperparameters.
 
     `advantage=None` picks "tlga" when B is on, else "grpo"; the estimator's options are
-    `norm_by_std` (grpo) or `tlga_fallback_threshold` (tlga); a custom estimator gets none.
+    `norm_by_std` (grpo) or `tlga_fallback_threshold` / `tlga_fallback_padded` (tlga); a custom
+    estimator gets none.
     `loss_name` names a `POLICY_LOSSES` entry and `loss_options` its options (for "ppo", "edge":
     eps_low / eps_high default to clip_ratio_low / high, clip_ratio_c to the dual clip).
     `token_mask` names a `TOKEN_MASKS` entry (options: top_ratio, selector, entropy_source,
@@ -496,7 +497,7 @@ def build_objective(
     if name == "grpo":
         options = {"norm_by_std": norm_by_std}
     elif name == "tlga":
-        options = {"fallback_threshold": tlga_fallback_threshold}
+        options = {"fallback_threshold": tlga_fallback_threshold, "fallback_counts_padding": tlga_fallback_padded}
     tm = {"top_ratio": 0.2, "selector": "topk_ceil", "denominator": "selected", "entropy_source": "current"}
     tm.update(token_mask_options or {})
     _check_composition(letters, loss_name, token_mask, tm, hyper.get("agg_scope", "global"),

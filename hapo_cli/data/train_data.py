@@ -63,11 +63,14 @@ def train_source(data_cfg) -> str:
     return data_cfg.path or (DAPO_MATH_ID if data_cfg.name == "dapo_math" else data_cfg.name)
 
 
-def load_train_rows(data_cfg) -> list[dict]:
-    """{id, question, answer} rows of a table for training (deduplicated by question text)."""
+def load_train_rows(data_cfg, stats: dict | None = None) -> list[dict]:
+    """{id, question, answer} rows of a table for training (deduplicated by question text).
+
+    `stats`, when given, receives {"rows_read", "duplicates_dropped", "rows"}.
+    """
     source = train_source(data_cfg)
     table = read_table(source)
-    rows, seen = [], set()
+    rows, seen, dropped = [], set(), 0
     for i, r in enumerate(table):
         q = _dig(r, data_cfg.question_key)
         a = _dig(r, data_cfg.answer_key)
@@ -80,6 +83,7 @@ def load_train_rows(data_cfg) -> list[dict]:
         text = _question_text(q)
         key = hashlib.sha1(text.encode()).hexdigest()
         if key in seen:  # DAPO-Math-17k repeats each problem many times
+            dropped += 1
             continue
         seen.add(key)
         ans = a[0] if isinstance(a, list) and a else a
@@ -88,6 +92,8 @@ def load_train_rows(data_cfg) -> list[dict]:
             break
     if not rows:
         raise HapoError(f"no training rows in {source!r}")
+    if stats is not None:
+        stats.update(rows_read=len(rows) + dropped, duplicates_dropped=dropped, rows=len(rows))
     return rows
 
 

@@ -5,7 +5,7 @@ benchmarks through the grading pool, the synthetic task with its own verifier) a
 summary (avg@n, pass@k, maj@n, mean length, truncated share). With `out_dir` it writes, as
 questions finish:
 
-    out_dir/samples.jsonl    one line per sample: id, sample, question, gold, completion, pred,
+    out_dir/samples.jsonl    one line per sample: id, sample, question, prompt (decoded), gold, completion, pred,
                              pred_norm, verdict, correct, method, length, finish_reason
     out_dir/eval_config.json the sampling settings (a resumed run must use the same ones)
     out_dir/summary.json     the summary, rewritten atomically at the end
@@ -190,6 +190,7 @@ def evaluate_rows(
             if not chunk:
                 continue
             prompts = [task.prompt_ids(tokenizer, str(r["question"])) for r in chunk]
+            prompt_texts = [tokenizer.decode(p) for p in prompts]  # what the model saw, special tokens included
             params = SamplingParams(
                 n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                 max_new_tokens=max_new_tokens, seed=seeds.eval_chunk(seed, ci // chunk_q),
@@ -210,7 +211,8 @@ def evaluate_rows(
                     j = qi * n + s
                     g = results[j]
                     recs.append({
-                        "id": str(r["id"]), "sample": s, "question": str(r["question"]), "gold": str(r["answer"]),
+                        "id": str(r["id"]), "sample": s, "question": str(r["question"]), "prompt": prompt_texts[qi],
+                        "gold": str(r["answer"]),
                         "completion": rollout.texts[j], "pred": g.pred, "pred_norm": g.pred_norm,
                         "verdict": g.verdict, "correct": bool(g.correct), "method": g.method,
                         "length": lengths[j], "finish_reason": rollout.finish_reasons[j],

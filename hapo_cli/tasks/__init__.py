@@ -42,8 +42,11 @@ def _math_task(data_cfg, model_cfg, seed: int) -> Task:
     prompt = PromptFormat(template=data_cfg.prompt_template, chat_template="auto" if model_cfg.chat_template else "off",
                           max_length=data_cfg.max_prompt_length)
     # validation asks and grades exactly as training does (the training prompt, DAPO's Answer: rule)
-    return MathTask(prompt, style="answer", accept_boxed=data_cfg.accept_boxed, rows=load_train_rows(data_cfg),
+    stats: dict = {}
+    task = MathTask(prompt, style="answer", accept_boxed=data_cfg.accept_boxed, rows=load_train_rows(data_cfg, stats),
                     val_rows=_val_rows(data_cfg), source=train_source(data_cfg))
+    task.data_stats = stats
+    return task
 
 
 TASKS: dict[str, Callable[..., Task]] = {

@@ -47,6 +47,7 @@ class Task:
     def __init__(self, prompt: PromptFormat, source: str = ""):
         self.prompt = prompt
         self.source = source
+        self.data_stats: dict = {}  # e.g. {"rows_read", "duplicates_dropped", "rows"} of a table (run metadata)
 
     def prompt_ids(self, tokenizer, question: str) -> list[int]:
         return self.prompt.ids(tokenizer, question)
@@ -60,9 +61,13 @@ class Task:
     def grade(self, completions: Sequence[str], golds: Sequence[str], pool=None) -> list[GradeResult]:
         raise NotImplementedError
 
+    def reward_of(self, result: GradeResult) -> tuple[float, float]:
+        """(score, acc) of one graded completion: +1 / -1 and 1 / 0."""
+        return (1.0, 1.0) if result.correct else (-1.0, 0.0)
+
     def rewards(self, completions: Sequence[str], golds: Sequence[str], pool=None) -> list[tuple[float, float]]:
-        """(score, acc) per completion: +1 / -1 and 1 / 0 from `grade`."""
-        return [(1.0, 1.0) if g.correct else (-1.0, 0.0) for g in self.grade(completions, golds, pool)]
+        """(score, acc) per completion, from `grade`."""
+        return [self.reward_of(g) for g in self.grade(completions, golds, pool)]
 
     def describe(self) -> dict[str, Any]:
         """Settings that decide the results (an eval's resume check compares them)."""

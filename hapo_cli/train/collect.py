@@ -24,6 +24,7 @@ class Collector:
         self.cfg, self.task, self.engine, self.tokenizer = cfg, task, engine, tokenizer
         self.sampler, self.objective, self.dist, self.device, self.pool = sampler, objective, dist, device, pool
         self.rows = task.train_rows()
+        self.timeouts = 0  # answers whose grading timed out this step (counted wrong)
         self._prompts: dict[int, list[int]] = {}
         self.gec = GuidedErrorCorrection(cfg.algorithm.edge, engine, tokenizer) if cfg.algorithm.edge.gec else None
         if objective.needs_behaviour_logp and objective.behaviour_logp == "engine":
@@ -42,8 +43,10 @@ class Collector:
                               ats=ATSParams(**ats) if ats else None)
 
     def reward(self, roll: Rollout, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shaped score [B], accuracy [B]): the task's verifier, plus the overlong penalty."""
-        sa = self.task.rewards(roll.texts, answers, self.pool)
+        """(shaped score [B], accuracy [B]): the task's verifier (in the grading pool), plus the overlong penalty."""
+        graded = self.task.grade(roll.texts, answers, self.pool)
+        self.timeouts += sum(bool(g.timed_out) for g in graded)
+        sa = [self.task.reward_of(g) for g in graded]
         score = torch.tensor([s for s, _ in sa], dtype=torch.float32)
         acc = torch.tensor([c for _, c in sa], dtype=torch.float32)
         ov, lmax = self.cfg.algorithm.overlong, self.cfg.data.max_response_length
@@ -58,7 +61,7 @@ class Collector:
         params = self.sampling_params(stats)
         kept: list[tuple[Rollout, list[int], torch.Tensor, torch.Tensor]] = []
         tally = RolloutTally()
-        rounds = n_kept = 0
+        rounds = n_kept = self.timeouts = 0
         while True:
             rounds += 1
             idx = self.sampler.take(need * self.dist.world)[self.dist.rank :: self.dist.world]
@@ -82,6 +85,8 @@ class Collector:
                 break
         n_use = self.dist.min(min(n_kept, need))
         metrics = tally.metrics(rounds=rounds, groups_kept=n_kept, groups_used=n_use)
+        if self.task.needs_pool:
+            metrics["reward/grading_timeouts"] = float(self.timeouts)
         if n_use < need and self.dist.main:
             self._say_short(step, n_use, rounds)
         if n_use == 0:

@@ -49,9 +49,14 @@ def train_command(
 
         typer.echo(OmegaConf.to_yaml(raw))
         return
+    from hapo_cli.train.interrupt import Interrupted
     from hapo_cli.train.trainer import train
 
-    summary = train(cfg, raw, argv=sys.argv)
+    try:
+        summary = train(cfg, raw, argv=sys.argv)
+    except Interrupted as stop:
+        typer.echo(str(stop), err=True)
+        raise typer.Exit(stop.exit_code) from None
     if summary is not None and summary.get("run_dir"):
         print_summary(summary)
 
@@ -75,6 +80,8 @@ def print_summary(s: dict) -> None:
     table.add_row("train reward", f(s.get("reward_first")), f(s.get("reward_last")))
     table.add_row("token entropy", f(s.get("entropy_first")), f(s.get("entropy_last")))
     table.add_row("steps", "0", str(s["steps"]))
-    table.add_row("time", "", f"{s['seconds']:.0f} s")
-    Console(stderr=True).print(table)
-    Console(stderr=True).print(f"run directory: {s['run_dir']}")
+    total = s.get("train_seconds_total")
+    spent = f"{s['seconds']:.0f} s" if total is None or total <= s["seconds"] + 1 else f"{s['seconds']:.0f} s (all segments: {total:.0f} s of steps)"
+    table.add_row("time", "", spent)
+    Console().print(table)  # results on stdout; progress and logs went to stderr
+    Console().print(f"run directory: {s['run_dir']}")

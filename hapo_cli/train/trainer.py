@@ -20,11 +20,11 @@ Distributed with accelerate: every rank generates and scores its own whole group
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,15 +36,18 @@ from hapo_cli.errors import HapoError
 from hapo_cli.models import load_model_and_tokenizer
 from hapo_cli.rollout.factory import EngineSettings, build_engine, vllm_dtype
 from hapo_cli.runs import rollouts as rollout_files
-from hapo_cli.runs.files import atomic_write_json, atomic_write_text
-from hapo_cli.runs.rundir import MetricsLog, default_run_dir, write_meta
+from hapo_cli.runs.files import atomic_write_json
+from hapo_cli.runs.rundir import MetricsLog
 from hapo_cli.runs.wandb import WandbLogger
 from hapo_cli.tasks import build_task, model_path
 from hapo_cli.train import checkpoint as ckpt
+from hapo_cli.train import console
 from hapo_cli.train.batch import StepBatch
 from hapo_cli.train.collect import Collector
 from hapo_cli.train.diagnostics import batch_metrics
 from hapo_cli.train.dist import Dist
+from hapo_cli.train.interrupt import Interrupted, StopSignals
+from hapo_cli.train.rundir import RunDir
 from hapo_cli.train.scorer import ResponseScorer
 from hapo_cli.train.update import Updater
 
@@ -52,7 +55,7 @@ from hapo_cli.train.update import Updater
 class Trainer:
     def __init__(self, cfg: Config, raw_cfg, argv: list[str] | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedType, set_seed
+        from accelerate.utils import DistributedType
 
         self.cfg, self.raw_cfg, t = cfg, raw_cfg, cfg.trainer
         if t.num_threads > 0:
@@ -67,10 +70,27 @@ class Trainer:
             raise HapoError(f"trainer.train_batch_size and trainer.mini_batch_size must be multiples of the number of processes ({self.dist.world})")
         self.objective = cfg.algorithm.objective()
         self.task = build_task(cfg.data, cfg.model, cfg.seed)
-        self.run_dir = self._prepare_run_dir(argv or sys.argv)
+        meta = {"task": self.task.name, "data": {"source": self.task.source, **self.task.data_stats}}
+        self.rundir = RunDir(cfg, raw_cfg, argv or sys.argv, self.dist.main, meta=meta)
+        self.run_dir = self.rundir.path
+        self.dist.barrier()
+        try:
+            self._setup(cfg, raw_cfg)
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def _setup(self, cfg: Config, raw_cfg) -> None:
+        from accelerate.utils import set_seed
+
         set_seed(cfg.seed)
         self.hooks = {"crash": int(os.environ.get("HAPO_TEST_CRASH_AFTER_STEP", "-1")),  # test hooks, read once
                       "nan": int(os.environ.get("HAPO_TEST_NAN_STEP", "-1"))}
+        self.pool = None
+        if self.task.needs_pool:  # rewards and validation graded in worker processes (per-answer timeout)
+            from hapo_cli.rewards.pool import GradingPool
+
+            self.pool = GradingPool(num_workers=cfg.data.grading_workers, timeout=cfg.data.grading_timeout).start()
         self._build_model_and_engine()
         self.sampler = PromptSampler(len(self.collector.rows), cfg.seed)
         self.collector.sampler = self.sampler
@@ -123,30 +143,15 @@ class Trainer:
                                   max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
                                   trust_remote_code=m.trust_remote_code)
         self.engine = build_engine(settings, self.model, tok, model_path=path)
-        self.collector = Collector(cfg, self.task, self.engine, tok, None, self.objective, self.dist, self.device)
-
-    def _prepare_run_dir(self, argv: list[str]) -> Path:
-        cfg = self.cfg
-        if cfg.run_dir:
-            rd = Path(cfg.run_dir)
-        else:
-            if cfg.resume:
-                raise HapoError("resume=true needs run_dir=PATH (the run directory to continue)")
-            rd = default_run_dir(cfg.output_dir, cfg.run_name, cfg.algorithm.name, cfg.data.path or cfg.data.name)
-        if self.dist.main:
-            if rd.exists() and (rd / "metrics.jsonl").exists() and not cfg.resume:
-                raise HapoError(f"run directory {rd} already has a run: add resume=true to continue it, or choose another run_dir")
-            rd.mkdir(parents=True, exist_ok=True)
-            from omegaconf import OmegaConf
-
-            atomic_write_text(rd / "config.yaml", OmegaConf.to_yaml(self.raw_cfg))
-            write_meta(rd, argv)
-        self.dist.barrier()
-        return rd
+        self.collector = Collector(cfg, self.task, self.engine, tok, None, self.objective, self.dist, self.device,
+                                   pool=self.pool)
 
     def _maybe_resume(self) -> str | None:
         if not self.cfg.resume:
             return None
+        if self.dist.main:
+            for name in ckpt.clean_leftovers(self.run_dir):
+                print(f"resume: removed {name}, left by a save that was cut short", file=sys.stderr)
         found = ckpt.latest_checkpoint(self.run_dir)
         if found is None:
             if self.dist.main:
@@ -164,7 +169,10 @@ class Trainer:
         self.stats = algo.EntropyStats.from_dict(state["entropy_stats"]) if state.get("entropy_stats") else None
         self.history = state.get("history", self.history)
         if self.dist.main:
+            torn = self.metrics.torn()
             self.metrics.truncate_after(self.step)
+            if torn:
+                print(f"resume: dropped the last line of {self.metrics.path}, cut short when the run stopped", file=sys.stderr)
             print(f"resumed from {found} (step {self.step})", file=sys.stderr)
         return self.history.get("wandb_id")
 
@@ -213,16 +221,20 @@ class Trainer:
         n = min(limit, len(b))
         ids, lengths = b.response_ids[:n].tolist(), b.mask[:n].sum(-1).long().tolist()
         groups, acc, score = b.group_ids[:n].tolist(), b.acc[:n].tolist(), b.score[:n].tolist()
-        rows = [{"group": int(groups[i]), "text": b.roll.texts[i], "answer": b.answers[i], "acc": float(acc[i]),
-                 "score": float(score[i]), "tokens": self.tokenizer.convert_ids_to_tokens(ids[i][: lengths[i]])}
-                for i in range(n)]
+        prompts = [p[m.bool()].tolist() for p, m in zip(b.roll.prompt_ids[:n:self.cfg.trainer.group_size],
+                                                          b.roll.prompt_mask[:n:self.cfg.trainer.group_size])]
+        G = self.cfg.trainer.group_size
+        rows = [{"group": int(groups[i]), "prompt": self.tokenizer.decode(prompts[i // G]), "text": b.roll.texts[i],
+                 "answer": b.answers[i], "acc": float(acc[i]), "score": float(score[i]),
+                 "tokens": self.tokenizer.convert_ids_to_tokens(ids[i][: lengths[i]])} for i in range(n)]
         cols = {"entropy": b.entropy, "h": b.h, "adv": b.adv, "temperature": b.roll.temperatures}
         rollout_files.write_step(self.run_dir, self.step, rows, {k: v[:n].tolist() for k, v in cols.items()}, lengths)
 
     # ------------------------------------------------------------ validation
 
     def validate(self) -> dict[str, float]:
-        """avg@k on the task's held-out rows, ATS off, through the evaluator (same code as `hapo eval`)."""
+        """avg@k on the task's held-out rows, ATS off, through the evaluator (same code as `hapo eval`):
+        the training task's own prompts and grading; samples in validation/step_NNNNNN/."""
         rows = self.task.val_rows()
         if not rows:
             return {}
@@ -230,13 +242,18 @@ class Trainer:
         out: dict[str, float] = {}
         self.engine.sync_weights(self.model)  # on every rank: a vLLM weight sync is collective
         if self.dist.main:
+            import shutil
+
             from hapo_cli.evaluate import evaluate_rows
 
+            where = self.run_dir / "validation" / f"step_{self.step:06d}"
+            shutil.rmtree(where, ignore_errors=True)  # a resumed run validates this step afresh
             summary = evaluate_rows(self.engine, self.tokenizer, rows, task=self.task, n=d.val_samples,
-                                    temperature=d.val_temperature, top_p=d.val_top_p,
-                                    max_new_tokens=d.max_response_length, seed=seeds.validation(self.cfg.seed),
-                                    progress=False)
+                                    temperature=d.val_temperature, top_p=d.val_top_p, max_new_tokens=d.max_response_length,
+                                    seed=seeds.validation(self.cfg.seed), out_dir=where, progress=False,
+                                    grader=self.pool if self.pool is not None else "inline")
             out = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+            console.validation_line(self.step, out, self.metrics_last)
         self.dist.barrier()
         return out
 
@@ -245,66 +262,90 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if self.dist.main:
             self.metrics.append(record)
+            self.rundir.started()
             if self.wandb is not None:
                 self.wandb.log(record, step=record["step"])
 
+    def _one_step(self, bar) -> dict[str, float]:
+        t = self.cfg.trainer
+        self.step += 1
+        m = self.dist.mean_dict(self.train_step())
+        self.metrics_last = m
+        last = self.step == t.total_steps
+        if (t.val_every and self.step % t.val_every == 0) or last:
+            v = self.validate()
+            if v:
+                self.history["val"][str(self.step)] = v
+            m.update(v)
+        self.history["seconds"] = self.history.get("seconds", 0.0) + m.get("time/step_s", 0.0)
+        m["time/elapsed_s"] = time.time() - self.t_start
+        self.log({"step": self.step, **m})
+        console.show_step(bar, self.step, m, self.cfg.logger.console_every)
+        self._check_skipped(m)
+        if (t.save_every and self.step % t.save_every == 0) or last:
+            self._save()
+        if self.step == self.hooks["crash"]:
+            os._exit(17)
+        return m
+
+    def _check_skipped(self, m: dict[str, float]) -> None:
+        """Warn at the first skipped update; stop after max_skipped_steps steps with every update skipped."""
+        skipped, updates = m.get("actor/skipped_updates", 0.0), m.get("actor/updates", 0.0)
+        if skipped and not self.history.get("warned_skip") and self.dist.main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"warning: step {self.step}: {skipped:.0f} of {updates:.0f} updates skipped (non-finite loss or "
+                       f"gradient); training stops after trainer.max_skipped_steps={self.cfg.trainer.max_skipped_steps} "
+                       "such steps in a row", file=sys.stderr)
+            self.history["warned_skip"] = True
+        if "step/skipped_no_informative_groups" not in m:  # a step without a batch neither counts nor resets
+            broken = (updates and skipped == updates) or not math.isfinite(m.get("train/entropy", 0.0))
+            self.skipped_run = self.skipped_run + 1 if broken else 0
+        limit = self.cfg.trainer.max_skipped_steps
+        if limit and self.skipped_run >= limit:
+            raise HapoError(f"stopped at step {self.step}: the last {limit} steps had only non-finite updates or entropies "
+                            f"(the model no longer trains; try a lower trainer.lr); metrics are in {self.run_dir}")
+
     def fit(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.trainer
-        start = time.time()
+        t = self.cfg.trainer
+        self.t_start, self.skipped_run, self.metrics_last = time.time(), 0, {}
         if self.dist.main:
-            print(f"run directory: {self.run_dir}", file=sys.stderr)
-            print(f"algorithm: {cfg.algorithm.name} (components: {describe_components(cfg)}), model: {cfg.model.name_or_path}, "
-                  f"data: {cfg.data.path or cfg.data.name}, steps: {t.total_steps}, processes: {self.dist.world}",
-                  file=sys.stderr)
+            console.start_lines(self.cfg, self.run_dir, self.dist.world, self.device)
         if self.step == 0 and t.val_at_start and self.task.val_rows():
             v = self.validate()
             self.history["val"]["0"] = v
             self.log({"step": 0, **v})
-        bar = self._progress_bar()
-        while self.step < t.total_steps:
-            self.step += 1
-            m = self.dist.mean_dict(self.train_step())
-            last = self.step == t.total_steps
-            if (t.val_every and self.step % t.val_every == 0) or last:
-                v = self.validate()
-                if v:
-                    self.history["val"][str(self.step)] = v
-                m.update(v)
-            m["time/elapsed_s"] = time.time() - start
-            self.log({"step": self.step, **m})
-            self._show(bar, m)
-            if (t.save_every and self.step % t.save_every == 0) or last:
-                self._save()
-            if self.step == self.hooks["crash"]:
-                os._exit(17)
-        if bar is not None:
-            bar.close()
+        bar = console.progress_bar(self.cfg, self.step) if self.dist.main else None
+        try:
+            with StopSignals(self._abandon_message) as stop:
+                while self.step < t.total_steps:
+                    self._one_step(bar)
+                    if self._stop_requested(stop):
+                        if self.step != t.total_steps and not (t.save_every and self.step % t.save_every == 0):
+                            self._save()
+                        raise Interrupted(f"interrupted after step {self.step}: checkpoint saved in {self.run_dir}/checkpoints; "
+                                          f"resume with: {self.resume_command()}", stop.exit_code)
+        finally:
+            if bar is not None:
+                bar.close()  # before any error line, so that line is the last one
         if self.dist.world > 1:
             self.history["dist_param_max_rank_diff"] = self.dist.weight_difference(self.model)
-        summary = self._summary(time.time() - start)
+        summary = self._summary(time.time() - self.t_start)
         if self.dist.main:
             atomic_write_json(self.run_dir / "summary.json", summary)
-            if self.wandb is not None:
-                self.wandb.finish()
         return summary
 
-    def _progress_bar(self):
-        if not self.dist.main:
-            return None
-        from tqdm.auto import tqdm
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        flag = torch.tensor(float(stop.signum is not None), device=self.device)
+        return bool(self.dist.sum(flag) > 0)
 
-        return tqdm(total=self.cfg.trainer.total_steps, initial=self.step, desc=f"hapo train [{self.cfg.algorithm.name}]",
-                    dynamic_ncols=True, file=sys.stderr)
+    def resume_command(self) -> str:
+        return f"hapo train run_dir={self.run_dir} resume=true"
 
-    def _show(self, bar, m: dict[str, float]) -> None:
-        if bar is None:
-            return
-        bar.update(1)
-        post = {"acc": f"{m.get('rollout/acc', float('nan')):.2f}", "ent": f"{m.get('train/entropy', float('nan')):.3f}"}
-        vk = next((k for k in m if k.startswith("val/avg@")), None)
-        if vk:
-            post["val"] = f"{m[vk]:.3f}"
-        bar.set_postfix(post)
+    def _abandon_message(self) -> str:
+        found = sorted((self.run_dir / "checkpoints").glob("step_*"))
+        last = f"the newest checkpoint is {found[-1].name}" if found else "no checkpoint was written yet"
+        return f"interrupted during step {self.step} (abandoned); {last}; resume with: {self.resume_command()}"
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         recs = self.metrics.read() if self.dist.main else []
@@ -319,16 +360,31 @@ class Trainer:
 
         return {
             "run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm.name, "components": describe_components(self.cfg),
-            "steps": self.step, "seconds": round(seconds, 1), "val_metric": key,
-            "val_start": first.get(key) if key else None, "val_final": last.get(key) if key else None,
+            "steps": self.step, "seconds": round(seconds, 1), "train_seconds_total": round(self.history.get("seconds", 0.0), 1),
+            "val_metric": key, "val_start": first.get(key) if key else None, "val_final": last.get(key) if key else None,
             "reward_first": rec(0, "train/reward"), "reward_last": rec(-1, "train/reward"),
             "entropy_first": rec(0, "train/entropy"), "entropy_last": rec(-1, "train/entropy"),
             "processes": self.dist.world, "dist_param_max_rank_diff": self.history.get("dist_param_max_rank_diff"),
         }
 
+    def close(self, failed: bool = False) -> None:
+        """Release what the run holds: W&B, the grading pool, the run directory's lock (a stub is removed)."""
+        if getattr(self, "wandb", None) is not None:
+            self.wandb.finish()
+            self.wandb = None
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
+            self.pool = None
+        self.rundir.close(failed)
+
 
 def train(cfg: Config, raw_cfg, argv: list[str] | None = None) -> dict[str, Any] | None:
     """Run training; returns the summary on the main process (None on the other ranks)."""
     trainer = Trainer(cfg, raw_cfg, argv)
-    summary = trainer.fit()
+    failed = True
+    try:
+        summary = trainer.fit()
+        failed = False
+    finally:
+        trainer.close(failed=failed)
     return summary if trainer.dist.main else None

@@ -125,10 +125,11 @@ class Updater:
     def _minibatch(self, b: StepBatch, rows: torch.Tensor, fresh: bool, diag: UpdateDiagnostics, step: int):
         """Forward/backward every micro-batch of one mini-batch; -> whether every loss was finite."""
         micro = self._slices(len(rows))
+        mb_mask = b.mask[rows]
         selected = self.obj.denominator_tokens([b.mask[rows[sl]] for sl in micro])  # None: every valid token
-        tokens = b.mask[rows].sum().detach() if selected is None else selected
+        tokens = mb_mask.sum().detach() if selected is None else selected
         denom_tok = self.dist.sum(tokens).clamp(min=1.0)  # global denominator tokens in the mini-batch
-        denom_seq = self.dist.sum(torch.tensor(float(len(rows)), device=self.device))
+        denom_seq = self.dist.sum(_seq_count(mb_mask, self.a.loss_agg)).clamp(min=1.0)  # global sequences the agg counts
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         for k, sl in enumerate(micro):
             last = k == len(micro) - 1
@@ -160,14 +161,15 @@ class Updater:
                        ref_logp=None if b.ref_logp is None else b.ref_logp[r], group_ids=b.group_ids[r],
                        is_weights=self._is_weights(b, r, old, mask, diag), generator=self._generator(step))
         loss, m = self.obj.loss(x)
-        weight = self.obj.micro_weight(mask, m, len(r), denom_tok, denom_seq)
+        seq_share = _seq_count(mask, a.loss_agg) / denom_seq  # this micro-batch's share of the sequences
+        weight = self.obj.micro_weight(mask, m, seq_share, denom_tok)
         total = loss * weight * world
         if self.nan_step == step:
             total = total * float("nan")
         if a.entropy_coef:
             total = total - a.entropy_coef * (ent * mask).sum() / denom_tok * world
         if a.kl_coef and b.ref_logp is not None:
-            term, km = self.obj.kl_loss(x, a.kl_coef, denom_tok, denom_seq)
+            term, km = self.obj.kl_loss(x, a.kl_coef, denom_tok, seq_share)
             total = total + term * world
             diag.add("kl_sum", km.pop("kl_sum"))
             m.update(km)
@@ -226,3 +228,11 @@ class Updater:
         if clip and clip > 0:
             return float(self.accelerator.clip_grad_norm_(self.scorer.parameters(), clip))
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+def _seq_count(mask: torch.Tensor, agg: str) -> torch.Tensor:
+    """How many sequences a seq-mean aggregation divides by: those with a valid token (seq-mean-token-mean,
+    seq-mean-token-sum, as algo's aggregate_loss), or every row (seq-mean-token-sum-norm's constant B * L)."""
+    if agg == "seq-mean-token-sum-norm":
+        return torch.tensor(float(mask.shape[0]), device=mask.device, dtype=mask.dtype)
+    return (mask.sum(-1) > 0).sum().to(mask.dtype)
