@@ -257,3 +257,48 @@ def test_presets_resolve_to_the_released_settings():
     for name in ("forking_tokens", "archer", "edge_grpo", "gspo", "cispo", "clip_cov", "kl_cov"):
         o = obj(name)
         assert o.components == frozenset() and o.rollout_is is None  # DAPO base, no correction
+
+
+INVARIANT = {  # losses whose statistics are per token or per response: the micro-batch split must not matter
+    # (Forking Tokens, Clip-Cov / KL-Cov and EDA select per micro-batch, as the released code: they do depend on it)
+    "ppo+CD": ["algorithm=dapo", "algorithm.components.C=true", "algorithm.components.D=true"],
+    "gspo": ["algorithm=gspo"],
+    "gspo_token+CD": ["algorithm=gspo", "algorithm.components.C=true", "algorithm.components.D=true"],
+    "cispo+D": ["algorithm=cispo", "algorithm.components.D=true"],
+    "archer": ["algorithm=archer", "algorithm.kl_coef=0"],
+    "edge": ["algorithm=edge_grpo", "algorithm.edge.eda=false", "algorithm.edge.gec=false"],
+    "rollout_is": ["algorithm=dapo", "algorithm.rollout_is.enable=true", "algorithm.rollout_is.c_max=1.05"],
+}
+
+
+def _gradient(overrides: list[str], micro: int) -> torch.Tensor:
+    from accelerate import Accelerator
+    from test_microbatch_invariance import make_batch, tiny_qwen
+
+    from hapo_cli.train.diagnostics import UpdateDiagnostics
+    from hapo_cli.train.dist import Dist
+    from hapo_cli.train.scorer import ResponseScorer
+    from hapo_cli.train.update import Updater
+
+    cfg, _ = compose_config([*overrides, f"trainer.micro_batch_size={micro}", "trainer.group_size=4",
+                             "trainer.train_batch_size=2", "trainer.mini_batch_size=2", "trainer.onpolicy_shortcut=false"])
+    acc = Accelerator(cpu=True)
+    scorer = ResponseScorer(tiny_qwen())
+    up = Updater(cfg, scorer, torch.optim.SGD(scorer.parameters(), lr=0.0), None, acc, Dist(acc), cfg.algorithm.objective())
+    b = make_batch()
+    up.prepare(b)
+    with torch.no_grad():  # a moved policy, and a behaviour policy away from the old one
+        wave = torch.sin(torch.arange(b.old_logp.numel(), dtype=torch.float64)).view_as(b.old_logp)
+        b.old_logp = (b.old_logp + 0.3 * wave) * b.mask
+        b.beh_logp = b.old_logp + 0.05 * wave.flip(0)
+    scorer.zero_grad()
+    up._minibatch(b, torch.arange(len(b)), False, UpdateDiagnostics("cpu"), step=1)
+    return torch.cat([p.grad.flatten() for p in scorer.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("variant", list(INVARIANT))
+def test_gradient_does_not_depend_on_the_micro_batch_split(variant):
+    whole = _gradient(INVARIANT[variant], 8)
+    assert whole.abs().max() > 1e-4  # a real gradient
+    for micro in (4, 3):
+        torch.testing.assert_close(_gradient(INVARIANT[variant], micro), whole, rtol=1e-6, atol=1e-10)
