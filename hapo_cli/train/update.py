@@ -13,8 +13,10 @@ import math
 import torch
 
 from hapo_cli import algo, seeds
+from hapo_cli.algo.objective import LossInputs
 from hapo_cli.train.batch import StepBatch
 from hapo_cli.train.diagnostics import UpdateDiagnostics
+from hapo_cli.train.scorer import position_ids_from_mask
 
 
 class Updater:
@@ -26,6 +28,7 @@ class Updater:
         self.scorer, self.optimizer, self.scheduler = scorer, optimizer, scheduler
         self.accelerator, self.dist, self.obj = accelerator, dist, objective
         self.ref_scorer = ref_scorer
+        self.n_micro = 0  # micro-batches run in this step's update (seeds a loss's random draw)
         self.nan_step = nan_step  # test hook (HAPO_TEST_NAN_STEP): poison that step's loss
         self.device = accelerator.device
         rt = cfg.rollout.temperature
@@ -112,8 +115,10 @@ class Updater:
         t, G = self.t, self.t.group_size
         n_groups, per_rank_mb = len(b) // G, t.mini_batch_size // self.dist.world
         diag = UpdateDiagnostics(self.device)
-        n_updates = skipped = 0
+        n_updates = skipped = self.n_micro = 0
         grad_norms: list[float] = []
+        if self.obj.needs_behaviour_logp and self.obj.behaviour_logp == "recompute":
+            self.behaviour_pass(b)
         self.scorer.train()
         for epoch in range(t.ppo_epochs):
             g = torch.Generator().manual_seed(seeds.minibatch_order(self.cfg.seed, step, epoch))
@@ -133,11 +138,13 @@ class Updater:
 
     def _minibatch(self, b: StepBatch, rows: torch.Tensor, fresh: bool, diag: UpdateDiagnostics, step: int):
         """Forward/backward every micro-batch of one mini-batch; -> whether every loss was finite."""
+        micro = self._slices(len(rows))
         mb_mask = b.mask[rows]
-        denom_tok = self.dist.sum(mb_mask.sum().detach()).clamp(min=1.0)  # global tokens in the mini-batch
+        selected = self.obj.denominator_tokens([b.mask[rows[sl]] for sl in micro])  # None: every valid token
+        tokens = mb_mask.sum().detach() if selected is None else selected
+        denom_tok = self.dist.sum(tokens).clamp(min=1.0)  # global denominator tokens in the mini-batch
         denom_seq = self.dist.sum(_seq_count(mb_mask, self.a.loss_agg)).clamp(min=1.0)  # global sequences the agg counts
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        micro = self._slices(len(rows))
         for k, sl in enumerate(micro):
             last = k == len(micro) - 1
             ctx = contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer)
@@ -164,21 +171,58 @@ class Updater:
         else:
             h = b.h[r]
         adv = b.adv[r]
-        loss, m = self.obj.loss(logp, old, adv, mask, h)
-        weight = mask.sum() / denom_tok if a.loss_agg == "token-mean" else _seq_count(mask, a.loss_agg) / denom_seq
+        x = LossInputs(logp, old, adv, mask, h, entropy=ent, old_entropy=b.entropy[r],
+                       ref_logp=None if b.ref_logp is None else b.ref_logp[r], group_ids=b.group_ids[r],
+                       is_weights=self._is_weights(b, r, old, mask, diag), generator=self._generator(step))
+        loss, m = self.obj.loss(x)
+        seq_share = _seq_count(mask, a.loss_agg) / denom_seq  # this micro-batch's share of the sequences
+        weight = self.obj.micro_weight(mask, m, seq_share, denom_tok)
         total = loss * weight * world
         if self.nan_step == step:
             total = total * float("nan")
         if a.entropy_coef:
             total = total - a.entropy_coef * (ent * mask).sum() / denom_tok * world
         if a.kl_coef and b.ref_logp is not None:
-            d = (b.ref_logp[r] - logp).clamp(-20, 20)
-            kl = (torch.exp(d) - d - 1) * mask
-            total = total + a.kl_coef * kl.sum() / denom_tok * world
-            diag.add("kl_sum", kl.sum().detach())
+            term, km = self.obj.kl_loss(x, a.kl_coef, denom_tok, seq_share)
+            total = total + term * world
+            diag.add("kl_sum", km.pop("kl_sum"))
+            m.update(km)
         self.accelerator.backward(total)
         diag.micro(r, mask, adv, m, loss.detach() * weight, h=None if fresh and b.h is None and not self.obj.h_from_microbatch else h)
         return torch.isfinite(total.detach())
+
+    def _is_weights(self, b: StepBatch, r, old, mask, diag: UpdateDiagnostics):
+        """Rollout IS weights of these rows (baselines-spec 7; None when off) and the mismatch figures."""
+        if not self.obj.needs_behaviour_logp:
+            return None
+        beh, inj = b.beh_logp[r], b.injected[r]
+        w = self.obj.is_weights(old, beh, mask, inj)
+        diag.mismatch(old, beh, mask * (1.0 - inj), w, b.temperatures[r] / self.T)
+        return w
+
+    def _generator(self, step: int) -> torch.Generator | None:
+        """The seeded generator of this micro-batch's random draw (Clip-Cov), or None when the loss draws nothing."""
+        self.n_micro += 1
+        if not self.obj.needs_generator:
+            return None
+        return torch.Generator().manual_seed(seeds.loss_draw(self.cfg.seed, step, self.dist.rank, self.n_micro))
+
+    @torch.no_grad()
+    def behaviour_pass(self, b: StepBatch) -> None:
+        """`b.beh_logp` recomputed (`behaviour_logp: recompute`): `log_softmax(z / (T_base m))[y]` within top-p."""
+        model = self.accelerator.unwrap_model(self.scorer).model
+        L, top_p = b.response_ids.shape[1], self.cfg.rollout.top_p
+        temps = torch.where(b.mask > 0, b.temperatures, torch.full_like(b.temperatures, self.T))
+        out = []
+        for sl in self._slices(len(b)):
+            with self.accelerator.autocast():
+                hidden = model.get_decoder()(input_ids=b.input_ids[sl], attention_mask=b.attention_mask[sl],
+                                             position_ids=position_ids_from_mask(b.attention_mask[sl]),
+                                             use_cache=False).last_hidden_state[:, -L - 1 : -1]
+                logits = model.get_output_embeddings()(hidden)
+            out.append(algo.behaviour_logprobs(logits, b.response_ids[sl], temps[sl], top_p))
+        lp = torch.cat(out).to(b.mask.device)
+        b.beh_logp = torch.where(b.mask > 0, lp, torch.zeros_like(lp))
 
     def _step_optimizer(self, finite) -> float | None:
         """Clip and step (or skip a non-finite update); advance the LR schedule. -> grad norm or None."""
