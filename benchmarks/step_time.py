@@ -1,7 +1,14 @@
 """Seconds per training step: hapo DAPO mode, hapo HAPO and TRL's GRPOTrainer (loss_type="dapo"), side by side.
 
-All systems train the same built-in tiny model (hapo_cli.data.tiny, float32, CPU) on the same
-synthetic addition prompts, with the same batch shape and the same work per step:
+All systems train the same model (float32, CPU) on the same synthetic addition prompts, with the
+same batch shape and the same work per step. `--shape tiny` (default): the built-in 17-token
+model; `--shape qwen2.5-0.5b`: Qwen2.5-0.5B's vocabulary (151,936), width and head layout with 2
+random decoder layers (benchmarks/shapes.py), 4 prompts x 8 responses of 256 tokens
+(`--response-length`), run once with 1 and once with 2 optimizer updates per step (`--updates`).
+Systems: hapo DAPO, hapo HAPO (entropies from the old-policy pass, the default), hapo HAPO with
+`algorithm.entropy_source=rollout`, TRL. Each step is broken down into generate / old-policy pass
+/ update / other; the last line printed is one JSON object with the median ratios.
+
 
   P prompts x G responses from transformers `generate` (one call, sampling at T=1, top-p 1, top-k off)
   -> rewards from the same verifier (hapo_cli.data.synthetic.verify: +1 / -1)
@@ -39,6 +46,8 @@ of paired ratios (step i of one system against step i of the reference, taken ba
     # (the first run builds the tiny model into $HAPO_CACHE: minutes more, once)
     python benchmarks/step_time.py --rounds 3 --steps 20 --out results/step_time
     python benchmarks/step_time.py --systems hapo-dapo,trl-dapo --prompts 16 --group-size 8
+    python benchmarks/step_time.py --shape qwen2.5-0.5b                  # 4 x 8 x 256 tokens, updates 1 and 2
+    python benchmarks/step_time.py --shape qwen2.5-0.5b --response-length 8 --steps 2 --warmup 1   # a 2-core box
 """
 
 from __future__ import annotations
@@ -53,9 +62,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import SHAPES, ensure_shape_model  # noqa: E402
+
 SYSTEMS = {
     "hapo-dapo": "hapo DAPO mode (algorithm=dapo)",
     "hapo-hapo": "hapo HAPO (algorithm=hapo, ABCD)",
+    "hapo-hapo-rollout": "hapo HAPO, entropy_source=rollout",
     "trl-dapo": 'TRL GRPOTrainer (loss_type="dapo")',
 }
 
@@ -66,18 +79,25 @@ SYSTEMS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12, help="measured steps per run (after warmup)")
-    ap.add_argument("--warmup", type=int, default=2, help="steps per run left out of the statistics")
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per step (hapo trainer.train_batch_size)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                    help="tiny (the built-in 17-token model) or qwen2.5-0.5b (Qwen2.5-0.5B's vocabulary, width and "
+                         "heads, 2 layers, random weights; defaults then: 4 prompts x 8, 256 tokens, updates 1,2)")
+    ap.add_argument("--steps", type=int, default=None, help="measured steps per run (after warmup; default 12, qwen 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="steps per run left out of the statistics (default 2, qwen 1)")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts per step (hapo trainer.train_batch_size; default 8, qwen 4)")
     ap.add_argument("--group-size", type=int, default=8, help="responses per prompt (G)")
     ap.add_argument("--mini-batch", type=int, default=None,
                     help="prompts per optimizer update (hapo trainer.mini_batch_size; default: prompts/2, "
-                         "so 2 updates per step)")
-    ap.add_argument("--micro-batch", type=int, default=16,
+                         "so 2 updates per step); overridden by --updates")
+    ap.add_argument("--updates", default=None,
+                    help="comma list of optimizer updates per step, one full comparison each (mini-batch = prompts / "
+                         "updates; default: from --mini-batch; qwen2.5-0.5b: 1,2)")
+    ap.add_argument("--micro-batch", type=int, default=None,
                     help="responses per forward/backward (hapo trainer.micro_batch_size, TRL "
-                         "per_device_train_batch_size)")
+                         "per_device_train_batch_size; default 16, qwen 8)")
     ap.add_argument("--epochs", type=int, default=1, help="passes over the step's batch (ppo_epochs / num_iterations)")
-    ap.add_argument("--max-new-tokens", type=int, default=8, help="generation cap (data.max_response_length)")
+    ap.add_argument("--response-length", "--max-new-tokens", dest="max_new_tokens", type=int, default=None,
+                    help="generation cap (data.max_response_length; default 8, qwen 256)")
     ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (constant)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads in every run")
     ap.add_argument("--rounds", type=int, default=2, help="runs per system (fresh processes each round)")
@@ -95,6 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
     ap.add_argument("--baton", help=argparse.SUPPRESS)  # "GO_FD,DONE_FD" (pipes from the driver)
     args = ap.parse_args(argv)
+    qwen = args.shape != "tiny"
+    defaults = dict(steps=3 if qwen else 12, warmup=1 if qwen else 2, prompts=4 if qwen else 8,
+                    micro_batch=8 if qwen else 16, max_new_tokens=256 if qwen else 8)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.updates is None and qwen and args.mini_batch is None:
+        args.updates = "1,2"
     if args.mini_batch is None:
         args.mini_batch = max(1, args.prompts // 2)
     return args
@@ -156,7 +184,7 @@ class Baton:
             os.write(self.done, b"d")
 
 
-def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton) -> dict:
+def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton, entropy_source: str = "old_pass") -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -166,7 +194,8 @@ def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton) -> dict:
     s = shape(args)
     run_dir = Path(args.work_dir) / "run"
     overrides = [
-        f"algorithm={algorithm}", "logger=none", "data=synthetic", "rollout=hf",
+        f"algorithm={algorithm}", f"algorithm.entropy_source={entropy_source}", "logger=none", "data=synthetic",
+        "rollout=hf",
         f"model.name_or_path={args.model_dir}", "model.dtype=float32",
         "algorithm.dynamic_sampling=false", "algorithm.overlong.enable=false", "algorithm.kl_coef=0.0",
         f"data.max_response_length={args.max_new_tokens}", "data.val_size=8", "data.val_samples=1",
@@ -201,6 +230,9 @@ def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton) -> dict:
         "step_s": [r["time/step_s"] for r in recs],
         "cpu_s": cpu_s,
         "rollout_s": [r.get("time/gen_s", 0.0) + r.get("time/score_s", 0.0) for r in recs],
+        "gen_s": [r.get("time/gen_s", 0.0) for r in recs],  # generation + rewards (collect)
+        "old_s": [r.get("time/score_s", 0.0) for r in recs],  # old-policy pass, h, statistics, advantages
+        "update_s": [r.get("time/update_s", 0.0) for r in recs],
         "tokens": [r.get("train/response_length", float("nan")) * s["responses_per_step"] for r in recs],
         "updates": [r.get("actor/updates", float("nan")) for r in recs],
         "overrides": overrides,
@@ -279,13 +311,39 @@ def run_trl(args: argparse.Namespace, baton: Baton) -> dict:
         return out
 
     trainer._generate_and_score_completions = timed_generate_and_score
+    gen_s: list[float] = []
+    old_s: list[float] = []
+    original_gen, original_lp = trainer._generate_single_turn, trainer._get_per_token_logps_and_entropies
+
+    def timed_gen(*a, **kw):
+        t0 = time.perf_counter()
+        out = original_gen(*a, **kw)
+        gen_s.append(time.perf_counter() - t0)
+        return out
+
+    def timed_logps(*a, **kw):  # no-grad calls are the old-policy pass; the loss's calls run with grad
+        if torch.is_grad_enabled():
+            return original_lp(*a, **kw)
+        t0 = time.perf_counter()
+        out = original_lp(*a, **kw)
+        old_s.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_single_turn = timed_gen
+    trainer._get_per_token_logps_and_entropies = timed_logps
     trainer.train()
     n = len(timer.times) // k
 
     def per_step(xs: list[float]) -> list[float]:
         return [sum(xs[i * k : (i + 1) * k]) for i in range(n)]
 
-    return {"step_s": per_step(timer.times), "cpu_s": per_step(timer.cpu), "rollout_s": rollout_s[:n],
+    step_s = per_step(timer.times)
+    gen = [sum(gen_s[i : i + 1]) for i in range(n)]
+    # old-policy passes happen inside the generation call of each step (one or none per step)
+    per_gen = len(old_s) // max(1, len(rollout_s)) if old_s else 0
+    old = [sum(old_s[i * per_gen : (i + 1) * per_gen]) for i in range(n)] if per_gen else [0.0] * n
+    return {"step_s": step_s, "cpu_s": per_step(timer.cpu), "rollout_s": rollout_s[:n],
+            "gen_s": gen, "old_s": old, "update_s": [s_ - r for s_, r in zip(step_s, rollout_s[:n])],
             "tokens": [float(t) for t in tokens[:n]], "updates": [float(k)] * n, "trl_version": trl.__version__}
 
 
@@ -294,7 +352,8 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker == "trl-dapo":
         out = run_trl(args, baton)
     else:
-        out = run_hapo(args, "dapo" if args.worker == "hapo-dapo" else "hapo", baton)
+        out = run_hapo(args, "dapo" if args.worker == "hapo-dapo" else "hapo", baton,
+                       entropy_source="rollout" if args.worker == "hapo-hapo-rollout" else "old_pass")
     import torch
     import transformers
 
@@ -411,8 +470,11 @@ def summarise(systems: list[str], runs: dict[str, list[dict]], warmup: int) -> l
         roll = [x for xs in measured(name, "rollout_s") for x in xs]
         med = _median(step)
         p25, p75 = _quartiles(step)
+        parts = {k: _median([x for xs in measured(name, k) for x in xs]) if all(k in r for r in runs[name]) else float("nan")
+                 for k in ("gen_s", "old_s", "update_s")}
         row = {
-            "system": name, "label": SYSTEMS[name], "median_s": med, "p25_s": p25, "p75_s": p75,
+            "system": name, "label": SYSTEMS[name], "median_s": med, "p25_s": p25, "p75_s": p75, **parts,
+            "other_s": med - sum(parts.values()),
             "median_cpu_s": _median(cpu), "rollout_s": _median(roll), "train_s": med - _median(roll),
             "tokens": _median([x for xs in measured(name, "tokens") for x in xs]),
             "updates": _median([x for xs in measured(name, "updates") for x in xs]), "n": len(step),
@@ -429,8 +491,8 @@ def summarise(systems: list[str], runs: dict[str, list[dict]], warmup: int) -> l
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
-    cols = ["system", "median s/step", "IQR s/step", "CPU s/step", "gen+score s", "update s",
-            "x hapo DAPO", "x TRL", "resp. tokens/step", "updates/step", "steps"]
+    cols = ["system", "median s/step", "IQR s/step", "CPU s/step", "generate s", "old-policy pass s", "update s",
+            "other s", "x hapo DAPO", "x TRL", "resp. tokens/step", "updates/step", "steps"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
     def ratio(r: dict, ref: str) -> str:
@@ -442,13 +504,14 @@ def markdown(rows: list[dict], settings: dict) -> str:
     for r in rows:
         lines.append("| " + " | ".join([
             r["label"], f"{r['median_s']:.3f}", f"{r['p25_s']:.3f}-{r['p75_s']:.3f}", f"{r['median_cpu_s']:.3f}",
-            f"{r['rollout_s']:.3f}", f"{r['train_s']:.3f}", ratio(r, "hapo-dapo"), ratio(r, "trl-dapo"),
+            f"{r['gen_s']:.3f}", f"{r['old_s']:.3f}", f"{r['update_s']:.3f}", f"{r['other_s']:.3f}",
+            ratio(r, "hapo-dapo"), ratio(r, "trl-dapo"),
             f"{r['tokens']:.0f}", f"{r['updates']:.0f}", str(r["n"]),
         ]) + " |")
     s = settings
     notes = [
         "",
-        f"Settings: tiny Qwen2 ({s['model_dir']}), float32, CPU, {s['threads']} torch thread(s) per run; "
+        f"Settings: shape {s['shape']} ({s['model_dir']}), float32, CPU, {s['threads']} torch thread(s) per run; "
         f"{s['prompts']} prompts x G={s['group_size']} = {s['responses_per_step']} responses/step, "
         f"max {s['max_new_tokens']} new tokens, {s['updates_per_step']} optimizer update(s)/step "
         f"(mini-batch {s['mini_batch']} prompts, micro-batch {s['micro_batch']} responses, "
@@ -462,8 +525,9 @@ def markdown(rows: list[dict], settings: dict) -> str:
         f"{os.cpu_count()} CPU cores, load average before/after: {s['load_before']} / {s['load_after']}.",
         "Wall clock: hapo time/step_s, TRL on_step_begin..on_step_end; CPU s/step: process CPU time over the same "
         "window. x columns: median (and IQR) of paired ratios, step i against the reference's step i "
-        "(run back to back), and the same on CPU time. gen+score: generation, rewards, old log-probs, "
-        "advantages (wall); update: the rest of the step.",
+        "(run back to back), and the same on CPU time. generate: hapo collect (generation + rewards), TRL "
+        "generate; old-policy pass: hapo prepare (old pass, h, statistics, advantages), TRL's no-grad log-prob "
+        "pass; update: hapo's update loop, TRL's optimizer steps; other: the rest of the step (wall).",
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -483,10 +547,26 @@ def main(argv: list[str] | None = None) -> None:
             import trl  # noqa: F401
         except ImportError:
             raise SystemExit("TRL is not installed: pip install 'hapo[bench]' (or --systems hapo-dapo,hapo-hapo)") from None
-    s = shape(args)
-    from hapo_cli.data.tiny import ensure_tiny_model
+    model_dir = str(ensure_shape_model(args.shape))
+    updates = [int(u) for u in args.updates.split(",")] if args.updates else [None]
+    summaries = []
+    for u in updates:
+        if u is not None:
+            if u < 1 or args.prompts % u:
+                raise SystemExit(f"--updates {u}: --prompts ({args.prompts}) must be a multiple of it")
+            args.mini_batch = args.prompts // u
+        summaries.append(compare(args, systems, model_dir, raw_argv + ["--mini-batch", str(args.mini_batch)]))
+        print(json.dumps(summaries[-1]), flush=True)
+    if len(summaries) > 1:
+        print(json.dumps({"shape": args.shape, "updates": [x["updates"] for x in summaries],
+                          "hapo_over_dapo": [x["hapo_over_dapo"] for x in summaries],
+                          "hapo_rollout_over_dapo": [x["hapo_rollout_over_dapo"] for x in summaries],
+                          "dapo_over_trl": [x["dapo_over_trl"] for x in summaries]}))
 
-    model_dir = str(ensure_tiny_model())
+
+def compare(args: argparse.Namespace, systems: list[str], model_dir: str, raw_argv: list[str]) -> dict:
+    """One full comparison at the current --mini-batch; prints the table, returns the JSON summary."""
+    s = shape(args)
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     root = Path(tempfile.mkdtemp(prefix="hapo-step-time-"))
     runs: dict[str, list[dict]] = {x: [] for x in systems}
@@ -518,11 +598,22 @@ def main(argv: list[str] | None = None) -> None:
         stem = Path(args.out)
         if stem.suffix in (".md", ".json"):
             stem = stem.with_suffix("")
+        if args.updates:
+            stem = stem.with_name(f"{stem.name}-u{s['updates_per_step']}")
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".md").write_text(table)
         stem.with_suffix(".json").write_text(json.dumps(
             {"settings": settings, "summary": rows, "runs": runs}, indent=2, default=str) + "\n")
         print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}", file=sys.stderr)
+    by = {r["system"]: r for r in rows}
+
+    def med_ratio(name: str, ref: str):
+        return round(by[name][f"x_{ref}"], 4) if name in by and ref in by else None
+
+    return {"shape": args.shape, "updates": s["updates_per_step"], "response_length": args.max_new_tokens,
+            "hapo_over_dapo": med_ratio("hapo-hapo", "hapo-dapo"),
+            "hapo_rollout_over_dapo": med_ratio("hapo-hapo-rollout", "hapo-dapo"),
+            "dapo_over_trl": med_ratio("hapo-dapo", "trl-dapo")}
 
 
 if __name__ == "__main__":

@@ -121,8 +121,27 @@ def build_command():
     return command
 
 
+def die_with_parent() -> None:
+    """Started by `hapo ablate` (HAPO_PARENT_PID set): be killed when that process dies, even by
+    kill -9 (Linux PR_SET_PDEATHSIG; elsewhere a no-op). The unfinished step leaves no record, the
+    run lock is released by the kernel, and re-running the sweep resumes the run."""
+    parent = os.environ.pop("HAPO_PARENT_PID", None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the sweep died before prctl took effect
+        os._exit(1)
+
+
 def main() -> None:
     """Console entry point: run the app; HapoError and usage errors become one clear line."""
+    die_with_parent()
     from typer._click.exceptions import ClickException  # typer vendors its own click
 
     habit = hydra_habit(sys.argv[1:])

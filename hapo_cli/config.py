@@ -43,6 +43,84 @@ class OverlongConfig:
 
 
 @dataclass
+class ForkingConfig:
+    """Forking Tokens (baselines-spec 1), on with `algorithm.token_mask=forking`: the policy gradient on the top-rho entropy tokens."""
+
+    mode: str = "reference"  # reference ([FORK]: topk_ceil, selected) or trl ([TRL]: linear_ge, all); selector / denominator override it
+    top_ratio: float = 0.2  # rho: share of a micro-batch's valid tokens kept
+    selector: Optional[str] = None  # topk_ceil, linear_ge or hapo_h_positive (HAPO's h > 0); null: the mode's
+    denominator: Optional[str] = None  # selected (divide by kept tokens) or all (by every token); null: the mode's
+    entropy_source: str = "current"  # current (this forward's entropy, released code) or old (old-policy pass)
+
+
+@dataclass
+class ArcherConfig:
+    """Archer (baselines-spec 2), on with `algorithm.loss=archer`: per-response entropy split, per-class clip and KL."""
+
+    entropy_quantile: float = 0.8  # q: per-response quantile splitting low (<= q) from high entropy tokens
+    entropy_source: str = "current"  # current (released code) or old
+    low_clip: list[float] = field(default_factory=lambda: [0.2, 0.2])  # (eps_L, eps_R) of low-entropy tokens
+    high_clip: list[float] = field(default_factory=lambda: [0.5, 0.5])  # (eps_L, eps_R) of high-entropy tokens
+    high_kl_coef: float = 0.0  # KL weight of high-entropy tokens (low tokens use algorithm.kl_coef)
+
+
+@dataclass
+class EdgeConfig:
+    """EDGE-GRPO (baselines-spec 3): entropy-driven advantage (EDA) and guided error correction (GEC)."""
+
+    eda: bool = False  # A_i / Phat_i: advantages scaled by the group-normalised mean response entropy
+    eda_mode: str = "paper"  # paper (masked mean, detached) or reference (released code: mean over all positions, differentiable)
+    eps_adv: float = 1e-4  # EDA's GRPO eps: (R - mean) / (std + eps)
+    gec: bool = False  # rewrite wrong responses (reflect 1/2, answer 1/4, solution 1/4) before rewarding
+    gec_reflect_tokens: int = 256  # reflect branch: new tokens the policy may continue with
+    gec_max_prompt_tokens: int = 256  # GEC only for prompts shorter than this (tokens)
+    force_reflection: bool = False  # always the reflect branch (the released script's flag, overridden by GEC there)
+
+
+@dataclass
+class GspoConfig:
+    """GSPO (baselines-spec 4), `algorithm.loss=gspo` (or gspo_token): the clip acts on the sequence ratio."""
+
+    eps_low: float = 3e-4  # left bound of the sequence ratio s_i
+    eps_high: float = 4e-4  # right bound of s_i
+    log_ratio_max: Optional[float] = 10.0  # clamp of the mean log ratio before exp (verl); null: off
+
+
+@dataclass
+class CispoConfig:
+    """CISPO (baselines-spec 5), `algorithm.loss=cispo`: REINFORCE with a capped, detached IS weight."""
+
+    eps_low: Optional[float] = None  # weight floor 1 - eps_low (null: none, the paper and verl's example)
+    eps_high: float = 0.2  # weight cap 1 + eps_high (verl example: 1.2; TRL/ScaleRL's 5.0 is eps_high=4.0)
+
+
+@dataclass
+class CovConfig:
+    """Clip-Cov / KL-Cov (baselines-spec 6), `algorithm.loss=clip_cov` or `kl_cov`: tokens selected by cov(logp, A)."""
+
+    clip_cov_ratio: float = 2e-4  # Clip-Cov: share of valid tokens detached
+    lb: float = 1.0  # Clip-Cov: candidates have lb < cov < ub
+    ub: float = 5.0  # Clip-Cov: upper covariance bound
+    eps_low: float = 1.0  # Clip-Cov's PPO clip eps_L (recipe: 1.0, ratio in [0, 2])
+    eps_high: float = 1.0  # Clip-Cov's PPO clip eps_R
+    draw: str = "randperm"  # randperm (verl's draw, seeded) or keys (sync-free, same distribution)
+    kl_cov_ratio: float = 2e-3  # KL-Cov: share of valid tokens penalised (7B recipe; 2e-4 for 32B)
+    ppo_kl_coef: float = 1.0  # KL-Cov: coefficient of |log r| on the selected tokens
+
+
+@dataclass
+class RolloutISConfig:
+    """Rollout correction (baselines-spec 7): importance weights pi_old / mu on the policy loss (TIS / MIS / IcePop)."""
+
+    enable: bool = False  # off by default (the HAPO reference corrects nothing)
+    level: str = "token"  # token or sequence (product of the response's token ratios)
+    mode: str = "truncate"  # truncate (TIS: min(w, c_max)) or mask (MIS / IcePop: 0 outside [c_min, c_max])
+    c_min: Optional[float] = None  # lower bound (null: none)
+    c_max: Optional[float] = 2.0  # upper bound (null: none)
+    behaviour_logp: str = "engine"  # engine (the sampler's processed log-probs) or recompute (trainer logits at T_base (1 + tau h))
+
+
+@dataclass
 class AlgorithmConfig:
     """The policy-optimisation algorithm (hapo-spec; names as in the spec)."""
 
@@ -68,6 +146,17 @@ class AlgorithmConfig:
     mask_truncated: bool = False  # drop truncated responses from the loss
     kl_coef: float = 0.0  # KL penalty to the reference (initial) policy, k3 estimator (0: off, no ref model)
     entropy_coef: float = 0.0  # entropy bonus coefficient (0: off)
+    entropy_source: str = "old_pass"  # token entropy for h/stats: old_pass (the trainer's no-grad forward) or rollout (kept while generating, no old-pass needed before the first update; hf: equal to old_pass up to float rounding, vllm: differs by engine numerics)
+    loss: str = "ppo"  # policy loss by name (algo POLICY_LOSSES): ppo (clipped, with C and D), archer, edge, gspo, gspo_token, cispo, clip_cov, kl_cov
+    token_mask: Optional[str] = None  # restrict the policy gradient to selected tokens: forking (Forking Tokens); null: every token
+    agg_scope: str = "global"  # global (one normaliser per mini-batch) or reference_microbatch (per micro-batch, weighted by its responses)
+    forking: ForkingConfig = field(default_factory=ForkingConfig)  # Forking Tokens options (token_mask=forking)
+    archer: ArcherConfig = field(default_factory=ArcherConfig)  # Archer options (loss=archer)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)  # EDGE-GRPO: EDA and GEC switches
+    gspo: GspoConfig = field(default_factory=GspoConfig)  # GSPO options (loss=gspo, gspo_token)
+    cispo: CispoConfig = field(default_factory=CispoConfig)  # CISPO options (loss=cispo)
+    cov: CovConfig = field(default_factory=CovConfig)  # Clip-Cov / KL-Cov options (loss=clip_cov, kl_cov)
+    rollout_is: RolloutISConfig = field(default_factory=RolloutISConfig)  # rollout correction (TIS / MIS / IcePop)
 
     def enabled(self) -> dict[str, bool]:
         """Component switches {A: bool, ...}."""
@@ -87,7 +176,49 @@ class AlgorithmConfig:
             entropy_mode=self.entropy_mode,
             entropy_pivot=self.entropy_pivot, stats_scope=self.stats_scope, temperature_tau=self.temperature_tau,
             adv_beta=self.adv_beta, clip_alpha=self.clip_alpha, clip_ratio_low=self.clip_ratio_low,
-            clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.clip_ratio_c, loss_agg=self.loss_agg)
+            clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.clip_ratio_c, loss_agg=self.loss_agg,
+            **self._method_options())
+
+    def _method_options(self) -> dict[str, Any]:
+        """The named loss's options, the token mask's, EDA and rollout correction, for build_objective."""
+        opts: dict[str, Any] = {}
+        if self.loss != "ppo":
+            opts["loss_name"] = self.loss
+            opts["loss_options"] = _LOSS_OPTIONS.get(self.loss, lambda a: {})(self)
+        if self.token_mask is not None:
+            f = self.forking
+            trl = f.mode == "trl"
+            opts["token_mask"] = self.token_mask
+            opts["token_mask_options"] = {
+                "top_ratio": f.top_ratio, "entropy_source": f.entropy_source,
+                "selector": f.selector or ("linear_ge" if trl else "topk_ceil"),
+                "denominator": f.denominator or ("all" if trl else "selected")}
+        if self.edge.eda:
+            opts.update(eda=self.edge.eda_mode, eda_eps=self.edge.eps_adv)
+        if self.agg_scope != "global":
+            opts["agg_scope"] = self.agg_scope
+        r = self.rollout_is
+        if r.enable:
+            opts["rollout_is"] = {"level": r.level, "mode": r.mode, "c_min": r.c_min, "c_max": r.c_max}
+            opts["behaviour_logp"] = r.behaviour_logp
+        return opts
+
+
+def _archer_options(a: AlgorithmConfig) -> dict[str, Any]:
+    r = a.archer
+    return {"entropy_source": r.entropy_source, "quantile": r.entropy_quantile, "low_clip": tuple(r.low_clip),
+            "high_clip": tuple(r.high_clip), "high_kl_coef": r.high_kl_coef, "clip_ratio_c": a.clip_ratio_c}
+
+
+_LOSS_OPTIONS = {  # loss name -> its options from the config (ppo and edge use the base clip bounds)
+    "archer": _archer_options,
+    "gspo": lambda a: {"eps_low": a.gspo.eps_low, "eps_high": a.gspo.eps_high, "log_ratio_max": a.gspo.log_ratio_max},
+    "gspo_token": lambda a: {"eps_low": a.gspo.eps_low, "eps_high": a.gspo.eps_high, "log_ratio_max": a.gspo.log_ratio_max},
+    "cispo": lambda a: {"eps_low": a.cispo.eps_low, "eps_high": a.cispo.eps_high},
+    "clip_cov": lambda a: {"eps_low": a.cov.eps_low, "eps_high": a.cov.eps_high, "clip_cov_ratio": a.cov.clip_cov_ratio,
+                           "lb": a.cov.lb, "ub": a.cov.ub, "draw": a.cov.draw},
+    "kl_cov": lambda a: {"kl_cov_ratio": a.cov.kl_cov_ratio, "ppo_kl_coef": a.cov.ppo_kl_coef},
+}
 
 
 @dataclass
@@ -100,7 +231,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     attn_implementation: Optional[str] = None  # sdpa, flash_attention_2, eager (null: transformers' default)
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
-    logits_chunk_size: int = 1024  # tokens per chunk when projecting to the vocabulary (memory bound)
+    logits_chunk_size: Optional[int] = None  # tokens per chunk when projecting to the vocabulary (memory bound); null: from the vocabulary (~2^28 logits per chunk)
 
 
 @dataclass
@@ -366,13 +497,24 @@ def _composition_message(err: Exception, overrides: list[str]) -> str:
 _CHOICES = {
     "algorithm.entropy_mode": ("paper", "reference"),
     "algorithm.stats_scope": ("batch", "microbatch"),
+    "algorithm.entropy_source": ("old_pass", "rollout"),
     "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
-    "rollout.engine": ("hf", "vllm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "trainer.lr_schedule": ("constant", "cosine"),
     "trainer.mixed_precision": ("no", "bf16", "fp16"),
     "logger.name": ("wandb", "none"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+    "algorithm.loss": ("ppo", "archer", "edge", "gspo", "gspo_token", "cispo", "clip_cov", "kl_cov"),
+    "algorithm.token_mask": (None, "forking"),
+    "algorithm.agg_scope": ("global", "reference_microbatch"),
+    "algorithm.forking.mode": ("reference", "trl"),
+    "algorithm.forking.entropy_source": ("current", "old"),
+    "algorithm.archer.entropy_source": ("current", "old"),
+    "algorithm.edge.eda_mode": ("paper", "reference"),
+    "algorithm.cov.draw": ("randperm", "keys"),
+    "algorithm.rollout_is.level": ("token", "sequence"),
+    "algorithm.rollout_is.mode": ("truncate", "mask"),
+    "algorithm.rollout_is.behaviour_logp": ("engine", "recompute"),
 }
 
 
@@ -383,7 +525,7 @@ def validate(cfg: Config) -> None:
         for part in dotted.split("."):
             obj = getattr(obj, part)
         if obj not in choices:
-            raise HapoError(f"{dotted}={obj!r} is not valid; choose one of: {', '.join(choices)}")
+            raise HapoError(f"{dotted}={obj!r} is not valid; choose one of: {', '.join(map(str, choices))}")
     a, t, d = cfg.algorithm, cfg.trainer, cfg.data
     checks = [
         (a.clip_ratio_c > 1, "algorithm.clip_ratio_c must be > 1"),
@@ -406,6 +548,28 @@ def validate(cfg: Config) -> None:
 
     if a.advantage is not None and a.advantage not in ADVANTAGE_ESTIMATORS:
         raise HapoError(f"unknown algorithm.advantage {a.advantage!r}; registered: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
+    _validate_methods(cfg)
+
+
+def _validate_methods(cfg: Config) -> None:
+    """The baselines' settings: what needs what, and what does not compose (one line each)."""
+    a, r = cfg.algorithm, cfg.rollout
+    checks = [
+        (a.loss != "archer" or a.kl_coef > 0 or a.archer.high_kl_coef == 0,
+         "algorithm.loss=archer: the per-class KL needs the reference model, set algorithm.kl_coef > 0 (low-token KL)"),
+        (not a.edge.gec or a.rollout_is.level != "sequence" or not a.rollout_is.enable,
+         "algorithm.edge.gec with rollout_is.level=sequence: injected tokens have no behaviour log-prob; use level=token"),
+        (not (a.rollout_is.enable and a.rollout_is.behaviour_logp == "recompute" and r.top_k > 0),
+         "rollout_is.behaviour_logp=recompute does not reproduce top-k truncation: set rollout.top_k=0 or behaviour_logp=engine"),
+        (a.edge.gec_reflect_tokens >= 1, "algorithm.edge.gec_reflect_tokens must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise HapoError(message)
+    try:
+        a.objective()
+    except ValueError as err:
+        raise HapoError(f"algorithm: {err}") from None
 
 
 def describe_components(cfg: Config) -> str:

@@ -29,3 +29,18 @@ def validation(seed: int) -> int:
 def eval_chunk(seed: int, chunk: int) -> int:
     """Chunk `chunk` of an evaluation's questions."""
     return seed + chunk
+
+
+def loss_draw(seed: int, step: int, rank: int, micro: int) -> int:
+    """A loss's random draw (Clip-Cov) in micro-batch `micro` (counted from 1 over the step's update) on `rank`."""
+    return (seed * 1_000_033 + step * 10_009 + rank * 1_009 + micro) % _MOD
+
+
+def gec(seed: int, step: int, round_idx: int, rank: int) -> int:
+    """EDGE-GRPO's guided error correction: the branch draw of generation round `round_idx` of `step` on `rank`."""
+    return (seed * 1_000_037 + step * 10_037 + round_idx * 103 + rank) % _MOD
+
+
+def gec_generation(seed: int, step: int, round_idx: int, rank: int) -> int:
+    """The reflect branch's continuation of generation round `round_idx` of `step` on `rank`."""
+    return (seed * 1_000_039 + step * 10_039 + round_idx * 107 + rank) % _MOD

@@ -371,3 +371,36 @@ def test_histogram_accelerator_path_equals_bincount():
         assert a.dtype == b.dtype == torch.long and a.shape == b.shape == (nbins,)
         assert torch.equal(a, b) and int(a.sum()) == idx.numel()
         assert torch.equal(a, torch.bincount(idx.long(), minlength=nbins))
+
+
+def _exact_entropy_and_logp(row: list[float], label: int) -> tuple[float, float]:
+    """H and log p(label) of softmax(row) in 50-digit arithmetic (float64's log(1 + r) is itself off)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    xs = [mpmath.mpf(v) for v in row]
+    z = mpmath.fsum(mpmath.exp(x) for x in xs)
+    ps = [mpmath.exp(x) / z for x in xs]
+    return float(-mpmath.fsum(p * mpmath.log(p) for p in ps if p > 0)), float(xs[label] - mpmath.log(z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_near_deterministic_entropy_is_accurate(dtype):
+    """Spec 0 step 1: relative error <= 1e-6 against exact values for H >= 1e-9, even from float32 or
+    bf16 logits (the naive float32 formula is off by up to a few percent for H in 1e-9..1e-2)."""
+    V = 300
+    gaps = torch.tensor([4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0])  # the max leads every other logit by this
+    g = torch.Generator().manual_seed(0)
+    logits = -gaps[:, None] - torch.rand(len(gaps), V, generator=g)  # [8, V]
+    logits[:, 7] = 0.0
+    logits = logits.to(dtype)  # the reference sees exactly the same (rounded) numbers
+    exact = [_exact_entropy_and_logp(row, 7) for row in logits.double().tolist()]
+    ref = torch.tensor([h for h, _ in exact], dtype=torch.float64)
+    ref_lp = torch.tensor([lp for _, lp in exact], dtype=torch.float64)
+    assert ref.min() < 1e-9 < 1e-2 < ref.max()
+    got = token_entropy(logits)
+    assert got.dtype == torch.float32
+    assert ((got.double() - ref) / ref).abs().max() < 1e-6
+    # the argmax token's log-prob (-log1p of the off-max mass) is accurate there too
+    lp = token_logprobs(logits, torch.full((len(gaps),), 7))
+    assert ((lp.double() - ref_lp) / ref_lp).abs().max() < 1e-6

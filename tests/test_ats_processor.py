@@ -185,3 +185,21 @@ def test_bad_shapes():
         apply_ats(torch.zeros(3), [None, None, None])
     with pytest.raises(ValueError, match="row parameters"):
         apply_ats(torch.zeros(3, 4), [None])
+
+
+def test_seeded_generate_leaves_the_global_rng_alone(tiny_model_dir):
+    """The HF engine seeds a forked RNG: the caller's global torch RNG state is unchanged, and the same
+    seed still gives the same samples."""
+    from hapo_cli.models import load_model_and_tokenizer
+    from hapo_cli.rollout.base import SamplingParams
+    from hapo_cli.rollout.hf import HFRolloutEngine
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    engine = HFRolloutEngine(model.eval(), tok)
+    prompts = [tok("12+34=", add_special_tokens=False)["input_ids"]]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=4, seed=7))
+    assert torch.equal(torch.get_rng_state(), before)
+    b = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=4, seed=7))
+    assert torch.equal(a.response_ids, b.response_ids)

@@ -11,7 +11,8 @@ from hapo_cli.errors import HapoError
 
 
 def test_groups_have_the_documented_options():
-    assert group_options("algorithm") == ["dapo", "grpo", "hapo", "hapo_reference"]
+    assert group_options("algorithm") == ["archer", "cispo", "clip_cov", "dapo", "edge_grpo", "forking_tokens", "grpo",
+                                          "gspo", "hapo", "hapo_reference", "kl_cov"]
     assert {"tiny", "qwen2.5-math-1.5b", "qwen2.5-math-7b", "qwen3-8b-base"} <= set(group_options("model"))
     assert {"synthetic", "dapo_math", "local"} <= set(group_options("data"))
     assert {"hf", "vllm"} <= set(group_options("rollout"))
@@ -102,7 +103,8 @@ def test_conflicting_switches_are_refused():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: dapo, grpo, hapo, hapo_reference"),
+        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: archer, cispo, clip_cov, dapo, edge_grpo, "
+                             "forking_tokens, grpo, gspo, hapo, hapo_reference, kl_cov"),
         (["model=gpt5"], "unknown model 'gpt5'; choose one of:"),
         (["trainer.nope=1"], "unknown config key 'trainer.nope': trainer has total_steps,"),
         (["nope=1"], "unknown config key 'nope': the top level has algorithm,"),

@@ -95,7 +95,7 @@ def test_column_overrides_verl_chat_prompts_and_solution_answers(tmp_path):
 def test_unreadable_file_is_one_line(tmp_path):
     p = tmp_path / "broken.jsonl"
     p.write_text('{"question": "a", "answer": "1"}\n{not json\n')
-    with pytest.raises(HapoError, match="cannot read data file"):
+    with pytest.raises(HapoError, match="broken.jsonl:2 is not valid JSON"):
         load_bench_rows(str(p))
 
 

@@ -15,7 +15,7 @@ from hapo_cli.evaluate.metrics import majority_vote, pass_at_k
 from hapo_cli.rewards import GradeResult, grade_many
 from hapo_cli.tasks import MathTask, bench_task
 
-SAMPLE_KEYS = {"id", "sample", "question", "gold", "completion", "pred", "pred_norm", "verdict", "correct",
+SAMPLE_KEYS = {"id", "sample", "question", "prompt", "gold", "completion", "pred", "pred_norm", "verdict", "correct",
                "method", "length", "finish_reason"}
 
 

@@ -111,3 +111,18 @@ def test_hub_probe_is_made_once(monkeypatch):
 def test_local_model_path_is_checked_first(tmp_path):
     with pytest.raises(HapoError, match="does not exist"):
         pf.preflight(_cfg(f"model.name_or_path={tmp_path}/nothing"))
+
+
+def test_training_data_errors_name_the_fix(tmp_path):
+    """data=local without data.path says so; a malformed JSONL line is reported with the file's own line."""
+    from hapo_cli.config import compose_config
+    from hapo_cli.tasks import build_task
+
+    cfg, _ = compose_config(["data=local"])
+    with pytest.raises(HapoError, match=r"^data=local needs the file: add data.path="):
+        build_task(cfg.data, cfg.model)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=", "answer": "2"}\n\n{"question": "2+2=", "answer": \n')
+    cfg, _ = compose_config(["data=local", f"data.path={bad}"])
+    with pytest.raises(HapoError, match=rf"^{bad}:3 is not valid JSON"):
+        build_task(cfg.data, cfg.model)

@@ -25,6 +25,7 @@ def adaptive_temperature(
     stats: EntropyStats | None,
     tau: float,
     mode: str = "paper",
+    entropy: Tensor | None = None,
 ) -> Tensor:
     """Per-sequence sampling temperature: `logits [N, V]` -> `T [N]`.
 
@@ -34,7 +35,8 @@ def adaptive_temperature(
     `stats=None` (the first training step has no statistics yet) returns `T_base` for every
     row. In mode "reference" h >= 0 on the stats' own distribution, so low-entropy positions
     are sampled hotter too (the released code's behaviour). Float32 output (float64 for
-    float64 logits); no gradient.
+    float64 logits); no gradient. `entropy [N]`: `token_entropy(logits)` when the caller already
+    has it (an engine that keeps the rollout's entropy); then the logits are not read again.
     """
     fn = "adaptive_temperature"
     check_tensor(fn, "logits", logits)
@@ -59,5 +61,9 @@ def adaptive_temperature(
     if stats is None:
         return base.clone()
     with torch.no_grad():
-        h = normalize_entropy(token_entropy(logits.detach()), stats, mode=mode)  # [N] in [-1, 1]
+        if entropy is None:
+            entropy = token_entropy(logits.detach())  # [N]
+        elif tuple(entropy.shape) != (n,):
+            raise ValueError(f"{fn}: entropy must be [N] with N = {n}, got shape {tuple(entropy.shape)}")
+        h = normalize_entropy(entropy.detach(), stats, mode=mode)  # [N] in [-1, 1]
         return base * (1.0 + float(tau) * h)  # [N]

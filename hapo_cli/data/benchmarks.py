@@ -198,8 +198,17 @@ def read_local_table(path: str) -> list[dict]:
             return pq.read_table(p).to_pylist()
         text = p.read_text(encoding="utf-8")
         if p.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as err:
+                        raise HapoError(f"{path}:{n} is not valid JSON ({err}): fix or remove that line") from None
+            return rows
         data = json.loads(text)
+    except HapoError:
+        raise
     except (OSError, ValueError) as err:
         raise HapoError(f"cannot read data file {path}: {err}") from err
     except Exception as err:  # pyarrow errors

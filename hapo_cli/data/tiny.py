@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -121,16 +122,26 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
     model.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and robust on a busy machine
+
+    def next_batch():
+        return _sft_batch(vocab, tokenizer.eos_token_id, tokenizer.pad_token_id, rng.sample(train_pairs, recipe.sft_batch), rng)
+
+    summary = sft_loop(model, opt, sched, next_batch, recipe.sft_steps, "warm start (SFT)", progress)
+    torch.set_num_threads(threads)
+    return summary
+
+
+def sft_loop(model, opt, sched, next_batch, steps: int, desc: str, progress: bool) -> dict:
+    """The warm-start loop shared by the tiny models: `next_batch()` -> (input_ids, attention_mask, labels)."""
     t0 = time.time()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=recipe.sft_steps, desc="warm start (SFT)", leave=False)
+        bar = tqdm(total=steps, desc=desc, leave=False)
     loss = torch.tensor(0.0)
-    for _ in range(recipe.sft_steps):
-        batch = rng.sample(train_pairs, recipe.sft_batch)
-        ids, att, lab = _sft_batch(vocab, tokenizer.eos_token_id, tokenizer.pad_token_id, batch, rng)
+    for _ in range(steps):
+        ids, att, lab = next_batch()
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -142,30 +153,20 @@ def warm_start(model, tokenizer, recipe: TinyRecipe, progress: bool = True) -> d
             bar.set_postfix(loss=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
-    torch.set_num_threads(threads)
     model.eval()
-    return {"sft_steps": recipe.sft_steps, "sft_final_loss": float(loss.item()), "sft_seconds": time.time() - t0}
+    return {"sft_steps": steps, "sft_final_loss": float(loss.item()), "sft_seconds": time.time() - t0}
 
 
-def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, recipe: TinyRecipe | None = None,
-                      progress: bool = True) -> Path:
-    """Path of the warm-started tiny model, building it (about a minute on 2 cores) if not cached."""
-    recipe = recipe or TinyRecipe()
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = root / recipe.key()
+def build_cached(target: Path, build, what: str, progress: bool) -> Path:
+    """`target` once `build(tmp_folder) -> dict` (written as hapo_tiny.json) has filled it; atomic, race-safe."""
     if (target / "hapo_tiny.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"first run: building {what} (about a minute on 2 cores); cached in {target}", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        torch_threads = torch.get_num_threads()
-        tokenizer = build_tokenizer()
-        model = build_model(tokenizer, recipe)
-        summary = warm_start(model, tokenizer, recipe, progress=progress)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "hapo_tiny.json").write_text(json.dumps({"recipe": asdict(recipe), **summary,
-                                                         "threads": torch_threads}, indent=2))
+        (tmp / "hapo_tiny.json").write_text(json.dumps(build(tmp), indent=2))
         try:
             os.replace(tmp, target)
         except OSError:  # another process built it first
@@ -175,3 +176,21 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, recipe: TinyRe
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, recipe: TinyRecipe | None = None,
+                      progress: bool = True) -> Path:
+    """Path of the warm-started tiny model, building it (about a minute on 2 cores) if not cached."""
+    recipe = recipe or TinyRecipe()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+
+    def build(folder: Path) -> dict:
+        torch_threads = torch.get_num_threads()
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer, recipe)
+        summary = warm_start(model, tokenizer, recipe, progress=progress)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return {"recipe": asdict(recipe), **summary, "threads": torch_threads}
+
+    return build_cached(root / recipe.key(), build, "the tiny model", progress)

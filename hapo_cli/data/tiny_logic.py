@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from hapo_cli.data import knights
-from hapo_cli.data.tiny import cache_root
+from hapo_cli.data.tiny import build_cached, cache_root, sft_loop
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]
 
@@ -133,27 +130,13 @@ def warm_start(model, tokenizer, recipe: TinyLogicRecipe, progress: bool = True)
     model.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and robust on a busy machine
-    t0, bar, loss = time.time(), None, torch.tensor(0.0)
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=recipe.sft_steps, desc="warm start (SFT, logic)", leave=False)
-    for _ in range(recipe.sft_steps):
-        ids, att, lab = _batch(tokenizer, rng.sample(rows, recipe.sft_batch), rng, recipe.sft_correct)
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
+    def next_batch():
+        return _batch(tokenizer, rng.sample(rows, recipe.sft_batch), rng, recipe.sft_correct)
+
+    summary = sft_loop(model, opt, sched, next_batch, recipe.sft_steps, "warm start (SFT, logic)", progress)
     torch.set_num_threads(threads)
-    model.eval()
-    return {"sft_steps": recipe.sft_steps, "sft_final_loss": float(loss.item()), "sft_seconds": time.time() - t0}
+    return summary
 
 
 def ensure_tiny_logic_model(cache_dir: str | os.PathLike | None = None, recipe: TinyLogicRecipe | None = None,
@@ -161,24 +144,13 @@ def ensure_tiny_logic_model(cache_dir: str | os.PathLike | None = None, recipe: 
     """Path of the warm-started tiny logic model, building it if not cached."""
     recipe = recipe or TinyLogicRecipe()
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = root / recipe.key()
-    if (target / "hapo_tiny.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-    try:
+
+    def build(folder: Path) -> dict:
         tokenizer = build_tokenizer(recipe)
         model = build_model(tokenizer, recipe)
         summary = warm_start(model, tokenizer, recipe, progress=progress)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "hapo_tiny.json").write_text(json.dumps({"recipe": asdict(recipe), **summary}, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process built it first
-            if not (target / "hapo_tiny.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return {"recipe": asdict(recipe), **summary}
+
+    return build_cached(root / recipe.key(), build, "the tiny logic model", progress)

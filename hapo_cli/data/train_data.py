@@ -60,7 +60,13 @@ def read_table(path: str) -> list[dict]:
 
 def train_source(data_cfg) -> str:
     """The file or Hub id the training rows come from."""
-    return data_cfg.path or (DAPO_MATH_ID if data_cfg.name == "dapo_math" else data_cfg.name)
+    if data_cfg.path:
+        return data_cfg.path
+    if data_cfg.name == "dapo_math":
+        return DAPO_MATH_ID
+    if data_cfg.name == "local":
+        raise HapoError("data=local needs the file: add data.path=/path/to/train.parquet (or .jsonl / .json)")
+    return data_cfg.name
 
 
 def load_train_rows(data_cfg, stats: dict | None = None) -> list[dict]:

@@ -30,7 +30,7 @@ from hapo_cli import seeds
 from hapo_cli.errors import HapoError
 from hapo_cli.evaluate.metrics import default_k_list, summarize
 from hapo_cli.rewards.pool import GradingPool
-from hapo_cli.runs.files import atomic_write_json, read_jsonl
+from hapo_cli.runs.files import atomic_write_json, atomic_write_text, read_jsonl
 from hapo_cli.tasks import Task
 from hapo_cli.tasks.prompts import uses_chat_template
 
@@ -63,12 +63,7 @@ def _load_done(path: Path, n: int) -> dict[str, list[dict]]:
             dirty = True
     done = {qid: [g[i] for i in range(n)] for qid, g in groups.items() if set(g) == set(range(n))}
     if dirty or len(done) != len(groups):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for recs in done.values():
-                for rec in recs:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for recs in done.values() for rec in recs))
     return done
 
 

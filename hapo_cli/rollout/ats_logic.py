@@ -206,17 +206,21 @@ class ATSScaler:
             self._stats.move_to_end(key)
         return st
 
-    def _factor(self, logits: Tensor, params: ATSRowParams) -> Tensor:
+    def _factor(self, logits: Tensor, params: ATSRowParams, entropy: Tensor | None = None) -> Tensor:
         from hapo_cli.algo import adaptive_temperature
 
         stats = self.stats_for(params, logits.device)
-        return adaptive_temperature(logits, 1.0, stats, params.tau, mode=params.mode)  # [n] = 1 + tau*h
+        return adaptive_temperature(logits, 1.0, stats, params.tau, mode=params.mode, entropy=entropy)  # [n] = 1 + tau*h
 
-    def apply(self, logits: Tensor, rows: Sequence[ATSRowParams | None], inplace: bool = False) -> tuple[Tensor, Tensor]:
+    def apply(self, logits: Tensor, rows: Sequence[ATSRowParams | None], inplace: bool = False,
+              entropy: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """-> (`logits [N, V]` with ATS rows divided by their factor, `factor [N]` float32).
 
         `factor[i]` is `1 + tau * h_i` for ATS rows and exactly 1.0 for untouched rows (whose
-        logits are never written). `inplace=True` modifies and returns `logits` itself.
+        logits are never written). `inplace=True` modifies and returns `logits` itself (then
+        the only `[N, V]` pass beyond the entropy is the division). `entropy [N]`: the entropy of
+        these raw logits when the engine already has it (the HF engine's rollout entropy at
+        T_base = 1), so it is not computed twice.
         """
         if logits.dim() != 2:
             raise ValueError(f"ATSScaler.apply: logits must be [N, V], got shape {tuple(logits.shape)}")
@@ -233,14 +237,14 @@ class ATSScaler:
         if len(groups) == 1:
             params, idx = next(iter(groups.values()))
             if len(idx) == n:  # every row, one parameter set: no gather
-                f = self._factor(logits, params)  # [N]
+                f = self._factor(logits, params, entropy)  # [N]
                 out.div_(f.to(out.dtype).unsqueeze(-1))
                 return out, f.float()
         factor = torch.ones(n, dtype=torch.float32, device=logits.device)
         for params, idx in groups.values():
             it = torch.tensor(idx, dtype=torch.long, device=logits.device)  # [n_g]
             sub = logits.index_select(0, it)  # [n_g, V]
-            f = self._factor(sub, params)  # [n_g]
+            f = self._factor(sub, params, None if entropy is None else entropy.index_select(0, it))  # [n_g]
             out.index_copy_(0, it, sub.div_(f.to(sub.dtype).unsqueeze(-1)))
             factor.index_copy_(0, it, f.float())
         return out, factor

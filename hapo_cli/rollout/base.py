@@ -23,6 +23,7 @@ class SamplingParams:
     max_new_tokens: int = 64  # response length cap (Lmax)
     seed: int | None = None  # generator seed for this call (None: engine's running RNG)
     ats: ATSParams | None = None  # adaptive temperature; None (or greedy) leaves sampling untouched
+    return_entropy: bool = False  # also return each generated position's entropy at T_base (Rollout.entropy)
 
     def samples_and_greedy(self) -> tuple[int, bool]:
         """(samples per prompt, greedy?); greedy decoding gives one response per prompt."""
@@ -57,6 +58,9 @@ class Rollout:
     finish_reasons: list[str]  # [B] "stop" (EOS) or "length" (hit max_new_tokens)
     texts: list[str]  # [B] decoded responses (special tokens skipped)
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific diagnostics
+    entropy: torch.Tensor | None = None  # [B, L] float32 (float64 for float64 models) entropy at T_base of each generated position (0 at padding); None unless asked for
+
+    _ROW_TENSORS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "temperatures", "entropy")
 
     @property
     def lengths(self) -> torch.Tensor:  # [B] long
@@ -72,16 +76,9 @@ class Rollout:
     def select(self, index: list[int]) -> Rollout:
         """The rows `index` (in that order), padding unchanged."""
         idx = torch.as_tensor(index, dtype=torch.long)
-        return Rollout(
-            prompt_ids=self.prompt_ids[idx],
-            prompt_mask=self.prompt_mask[idx],
-            response_ids=self.response_ids[idx],
-            response_mask=self.response_mask[idx],
-            logprobs=None if self.logprobs is None else self.logprobs[idx],
-            temperatures=self.temperatures[idx],
-            finish_reasons=[self.finish_reasons[i] for i in index],
-            texts=[self.texts[i] for i in index],
-        )
+        rows = {k: None if getattr(self, k) is None else getattr(self, k)[idx] for k in self._ROW_TENSORS}
+        return Rollout(**rows, finish_reasons=[self.finish_reasons[i] for i in index],
+                       texts=[self.texts[i] for i in index], extra=select_extra(self.extra, index, len(self)))
 
 
 class RolloutEngine(Protocol):
@@ -133,14 +130,58 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     def right(x, value):
         return torch.nn.functional.pad(x, (0, L - x.shape[1]), value=value)
 
-    has_lp = all(p.logprobs is not None for p in parts)
+    def optional(name: str):  # a per-token field every part has, else None
+        xs = [getattr(p, name) for p in parts]
+        return torch.cat([right(x, 0.0) for x in xs]) if all(x is not None for x in xs) else None
+
     return Rollout(
         prompt_ids=torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
         prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
         response_ids=torch.cat([right(p.response_ids, pad_id) for p in parts]),
         response_mask=torch.cat([right(p.response_mask, 0) for p in parts]),
-        logprobs=torch.cat([right(p.logprobs, 0.0) for p in parts]) if has_lp else None,
+        logprobs=optional("logprobs"),
         temperatures=torch.cat([right(p.temperatures, 0.0) for p in parts]),
         finish_reasons=[r for p in parts for r in p.finish_reasons],
         texts=[t for p in parts for t in p.texts],
+        extra=concat_extra([p.extra for p in parts], [len(p) for p in parts]),
+        entropy=optional("entropy"),
     )
+
+
+def _is_per_row(value: Any, n: int) -> bool:
+    """A per-row `extra` entry: a list or tuple of n items, or a tensor whose first dim is n."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() >= 1 and value.shape[0] == n
+    return isinstance(value, (list, tuple)) and len(value) == n
+
+
+def select_extra(extra: dict[str, Any], index: list[int], n: int) -> dict[str, Any]:
+    """`extra` of the rows `index`: per-row entries (length n) are indexed, others kept as they are."""
+    out: dict[str, Any] = {}
+    for k, v in extra.items():
+        if not _is_per_row(v, n):
+            out[k] = v
+        elif isinstance(v, torch.Tensor):
+            out[k] = v[torch.as_tensor(index, dtype=torch.long)]
+        else:
+            out[k] = type(v)(v[i] for i in index)
+    return out
+
+
+def concat_extra(extras: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """Row-wise `extra` of stacked parts: per-row entries present in every part are concatenated
+    (tensors right-padded with 0 to the widest), others taken from the first part that has them."""
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys(k for e in extras for k in e):
+        vals = [e.get(k) for e in extras]
+        if all(v is not None and _is_per_row(v, n) for v, n in zip(vals, sizes)):
+            if all(isinstance(v, torch.Tensor) for v in vals):
+                if vals[0].dim() >= 2:
+                    w = max(v.shape[1] for v in vals)
+                    vals = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, w - v.shape[1])) for v in vals]
+                out[k] = torch.cat(vals)
+            else:
+                out[k] = [x for v in vals for x in v]
+        else:
+            out[k] = next(v for v in vals if v is not None)
+    return out

@@ -28,12 +28,13 @@ class EngineSettings:
     max_model_len: int | None = None  # vllm: prompt + response cap (bounds the KV cache)
     trust_remote_code: bool = False  # vllm: passed to the engine's loader
     colocated: bool = True  # vllm: shares the GPU with a trainer (sleep mode, weight sync, ATS factors)
+    return_logprobs: bool = False  # hf: fill Rollout.logprobs with each sampled token's processed log-prob (vllm: always when colocated)
 
 
 def _hf(settings: EngineSettings, model, tokenizer, model_path: str | None):
     from hapo_cli.rollout.hf import HFRolloutEngine
 
-    return HFRolloutEngine(model, tokenizer, batch_size=settings.batch_size)
+    return HFRolloutEngine(model, tokenizer, batch_size=settings.batch_size, return_logprobs=settings.return_logprobs)
 
 
 def _vllm(settings: EngineSettings, model, tokenizer, model_path: str | None):
@@ -59,13 +60,17 @@ def _vllm(settings: EngineSettings, model, tokenizer, model_path: str | None):
 ENGINES: dict[str, Callable[..., Any]] = {"hf": _hf, "vllm": _vllm}
 
 
+def engine_factory(name: str) -> Callable[..., Any]:
+    """The builder registered as `name` (checked before any model loads); one line naming the valid ones."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise HapoError(f"unknown rollout engine {name!r}; choose one of: {', '.join(ENGINES)}") from None
+
+
 def build_engine(settings: EngineSettings, model=None, tokenizer=None, model_path: str | None = None):
     """The engine named by `settings.engine` over `model` (hf) or `model_path` (vllm)."""
-    try:
-        factory = ENGINES[settings.engine]
-    except KeyError:
-        raise HapoError(f"unknown rollout engine {settings.engine!r}; choose one of: {', '.join(ENGINES)}") from None
-    return factory(settings, model, tokenizer, model_path)
+    return engine_factory(settings.engine)(settings, model, tokenizer, model_path)
 
 
 def vllm_dtype(trainer_dtype: str | None) -> str:

@@ -3,6 +3,13 @@
 `generate` merges user processors BEFORE its own temperature / top-k / top-p warpers, so the ATS
 processor sees the raw next-token logits (hapo-spec A) and divides them by (1 + tau * h); the
 engine's temperature division comes after it.
+
+Entropy from the rollout (`SamplingParams.return_entropy`): a forward hook on the output
+embeddings reads each decoding step's logits in the MODEL's dtype (generate hands processors a
+float32 copy) and keeps the entropy at T_base of every position, `Rollout.entropy`; it is the
+old-policy entropy the trainer would compute (same weights, same positions), up to the
+difference between the KV-cached and the full forward. With ATS at T_base = 1 the processor
+reuses that entropy instead of computing its own (one entropy pass per step, not two).
 """
 
 from __future__ import annotations
@@ -21,16 +28,57 @@ class AdaptiveTemperatureProcessor:
     the engine can report the effective per-token temperature T_base * factor.
     """
 
-    def __init__(self, ats: ATSParams, base_temperature: float):
+    def __init__(self, ats: ATSParams, base_temperature: float, recorder: EntropyRecorder | None = None):
         self.params = ATSRowParams.from_ats(ats)
         self.scaler = ATSScaler()
         self.base_temperature = float(base_temperature)
         self.factors: list[torch.Tensor] = []
+        # the raw-logit entropy of this step, when a recorder computes exactly that (T_base = 1)
+        self.recorder = recorder if recorder is not None and recorder.temperature == 1.0 else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        out, factor = self.scaler.apply(scores, [self.params] * scores.shape[0])
-        self.factors.append(factor.detach().float().cpu())
+        # generate's scores are its own float32 copy of this step's logits: scaled in place, no clone
+        entropy = self.recorder.last() if self.recorder is not None else None
+        out, factor = self.scaler.apply(scores, [self.params] * scores.shape[0], inplace=True, entropy=entropy)
+        self.factors.append(factor.detach().float())
         return out
+
+
+class EntropyRecorder:
+    """Forward hook on the output embeddings: the entropy at `temperature` of each step's last-position logits.
+
+    Reads the logits in the model's dtype (float64 models keep float64), one `[N]` tensor per
+    decoding step (`steps`). Other forwards of the head while it is attached would be recorded
+    too: attach it only around one `generate` call (`with recorder.attached(head): ...`).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = float(temperature)
+        self.steps: list[torch.Tensor] = []
+
+    def last(self) -> torch.Tensor:
+        return self.steps[-1]
+
+    def __call__(self, module, inputs, output) -> None:
+        from hapo_cli.algo import token_entropy
+
+        logits = output[:, -1].detach()  # [N, V]
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature if logits.dtype != torch.float64 else logits / self.temperature
+        self.steps.append(token_entropy(logits))  # [N] float32 (float64 for float64 logits)
+
+    def attached(self, head):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            handle = head.register_forward_hook(self)
+            try:
+                yield self
+            finally:
+                handle.remove()
+
+        return ctx()
 
 
 def _as_logits_processor(obj):
@@ -62,10 +110,13 @@ class HFRolloutEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
         n, greedy = params.samples_and_greedy()
         flat = [p for p in prompts for _ in range(n)]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        parts = [self._generate_chunk(flat[i : i + self.batch_size], params, greedy)
-                 for i in range(0, len(flat), self.batch_size)]
+        # `generate` samples from the global RNG: seed a forked copy, so the caller's RNG is untouched
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            parts = [self._generate_chunk(flat[i : i + self.batch_size], params, greedy)
+                     for i in range(0, len(flat), self.batch_size)]
         return concat_rollouts(parts, self.tokenizer.pad_token_id)
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, greedy: bool) -> Rollout:
@@ -77,8 +128,10 @@ class HFRolloutEngine:
         self.model.eval()
         ats = None
         processors = []
+        base = 1.0 if greedy else float(params.temperature)
+        recorder = EntropyRecorder(base) if params.return_entropy else None
         if params.ats is not None and not greedy:
-            ats = AdaptiveTemperatureProcessor(params.ats, params.temperature)
+            ats = AdaptiveTemperatureProcessor(params.ats, params.temperature, recorder)
             processors.append(_as_logits_processor(ats))
         kwargs = dict(
             input_ids=prompt_ids.to(device),
@@ -99,7 +152,11 @@ class HFRolloutEngine:
 
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
-            out = self.model.generate(**kwargs)
+            if recorder is None:
+                out = self.model.generate(**kwargs)
+            else:
+                with recorder.attached(self.model.get_output_embeddings()):
+                    out = self.model.generate(**kwargs)
         finally:
             if was_training:
                 self.model.train()
@@ -117,12 +174,15 @@ class HFRolloutEngine:
             scores = torch.stack([s.float().cpu() for s in out.scores], 1)  # [N, L, V] processed
             lp = torch.log_softmax(scores, -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1)
             logprobs = torch.where(mask.bool(), lp, torch.zeros_like(lp))
-        base = 1.0 if greedy else float(params.temperature)
         if ats is not None and ats.factors:
-            temps = torch.stack(ats.factors, 1)[:, :L] * base
+            temps = torch.stack(ats.factors, 1)[:, :L].cpu() * base
         else:
             temps = torch.full((N, L), base)
         temps = temps * mask
+        entropy = None
+        if recorder is not None:
+            ent = torch.stack(recorder.steps, 1)[:, :L].cpu() if recorder.steps and L else torch.zeros(N, L)
+            entropy = torch.where(mask.bool(), ent, torch.zeros((), dtype=ent.dtype))
         texts = tok.batch_decode(resp, skip_special_tokens=True)
-        return Rollout(prompt_ids, prompt_mask, resp, mask, logprobs, temps.float(), finish, texts)
+        return Rollout(prompt_ids, prompt_mask, resp, mask, logprobs, temps.float(), finish, texts, entropy=entropy)
 

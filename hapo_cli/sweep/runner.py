@@ -119,9 +119,9 @@ class SweepRunner:
             log.write(header.encode())
             log.flush()
             offset = log.tell()
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if tee else log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_die_with_parent)
+            # HAPO_PARENT_PID: the child ties its life to this process (hapo_cli.cli.die_with_parent)
+            env = dict(os.environ, PYTHONUNBUFFERED="1", HAPO_PARENT_PID=str(os.getpid()))
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if tee else log, stderr=subprocess.STDOUT, env=env)
             with self.lock:
                 self.procs[run["id"]] = proc
             try:
@@ -171,23 +171,6 @@ class SweepRunner:
         for run in self.state["runs"]:
             if run.get("status") == st.RUNNING:
                 self._update(run, status=st.INTERRUPTED, error="interrupted", finished=st.now())
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: kill it when the sweep process dies, even by kill -9 (Linux
-    PR_SET_PDEATHSIG; elsewhere a no-op). Its unfinished step leaves no record, its run lock is
-    released by the kernel, and a re-run resumes it from its last checkpoint."""
-    import signal
-
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        if os.getppid() == 1:  # the parent already died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _terminate(procs: list[subprocess.Popen], grace: float = 10.0) -> None:

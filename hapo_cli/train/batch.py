@@ -28,6 +28,9 @@ class StepBatch:
         self.adv: torch.Tensor | None = None  # [B, L] advantages
         self.h: torch.Tensor | None = None  # [B, L] normalised entropy (spec 0)
         self.stats: algo.EntropyStats | None = None  # the step's EntropyStats
+        self.temperatures = roll.temperatures.to(device).float()  # [B, L] sampling temperature of each token
+        self.beh_logp = None if roll.logprobs is None else roll.logprobs.to(device).float()  # [B, L] behaviour log-probs
+        self.injected = torch.zeros_like(self.mask)  # [B, L] 1 on tokens GEC wrote (not sampled by the policy)
         # rows [0, fresh_rows) have no old-policy pass: the first update fills old_logp / entropy there
         self.fresh_rows = 0
 

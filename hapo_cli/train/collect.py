@@ -8,10 +8,12 @@ import sys
 import torch
 
 from hapo_cli import algo, seeds
+from hapo_cli.errors import HapoError
 from hapo_cli.rollout.base import ATSParams, Rollout, SamplingParams, concat_rollouts
 from hapo_cli.tasks import Task
 from hapo_cli.train.batch import StepBatch
 from hapo_cli.train.diagnostics import RolloutTally
+from hapo_cli.train.gec import GuidedErrorCorrection
 
 
 class Collector:
@@ -24,6 +26,9 @@ class Collector:
         self.rows = task.train_rows()
         self.timeouts = 0  # answers whose grading timed out this step (counted wrong)
         self._prompts: dict[int, list[int]] = {}
+        self.gec = GuidedErrorCorrection(cfg.algorithm.edge, engine, tokenizer) if cfg.algorithm.edge.gec else None
+        if objective.needs_behaviour_logp and objective.behaviour_logp == "engine":
+            engine.return_logprobs = True  # rollout correction reads each sampled token's processed log-prob
 
     def prompt(self, i: int) -> list[int]:
         if i not in self._prompts:
@@ -35,7 +40,8 @@ class Collector:
         ats = self.objective.ats_params(stats)
         return SamplingParams(n=self.cfg.trainer.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               max_new_tokens=self.cfg.data.max_response_length,
-                              ats=ATSParams(**ats) if ats else None)
+                              ats=ATSParams(**ats) if ats else None,
+                              return_entropy=self.cfg.algorithm.entropy_source == "rollout")
 
     def reward(self, roll: Rollout, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(shaped score [B], accuracy [B]): the task's verifier (in the grading pool), plus the overlong penalty."""
@@ -62,14 +68,20 @@ class Collector:
             idx = self.sampler.take(need * self.dist.world)[self.dist.rank :: self.dist.world]
             params.seed = seeds.generation(self.cfg.seed, step, rounds, self.dist.rank)
             roll = self.engine.generate([self.prompt(i) for i in idx], params)
-            score, acc = self.reward(roll, [self.rows[i]["answer"] for i in idx for _ in range(G)])
+            self._check_logprobs(roll)
+            answers = [self.rows[i]["answer"] for i in idx for _ in range(G)]
+            score, acc = self.reward(roll, answers)
+            injected = torch.zeros(roll.response_mask.shape)
+            if self.gec is not None:  # EDGE-GRPO: GEC -> reward -> dynamic sampling (-> EDA in the loss)
+                roll, injected, score, acc = self._correct(roll, idx, answers, score, acc, params, step, rounds, tally)
             gids = torch.arange(len(idx)).repeat_interleave(G)
             keep = algo.informative_groups(acc, gids) if a.dynamic_sampling else torch.ones(len(gids), dtype=torch.bool)
             tally.add(roll, acc, n_groups=len(idx))
             rows_keep = keep.nonzero().squeeze(-1).tolist()
             n_kept += len(rows_keep) // G
             if rows_keep:
-                kept.append((roll.select(rows_keep), [idx[j // G] for j in rows_keep[::G]], score[rows_keep], acc[rows_keep]))
+                kept.append((roll.select(rows_keep), [idx[j // G] for j in rows_keep[::G]], score[rows_keep], acc[rows_keep],
+                             injected[rows_keep]))
             if not a.dynamic_sampling or n_kept >= need or (a.max_num_gen_batches and rounds >= a.max_num_gen_batches):
                 break
         n_use = self.dist.min(min(n_kept, need))
@@ -90,9 +102,28 @@ class Collector:
         gids = torch.arange(n_use).repeat_interleave(G) + self.dist.rank * need
         answers = [self.rows[i]["answer"] for i in rows for _ in range(G)]
         batch = StepBatch(roll, gids, score, acc, answers, self.device)
+        L = batch.mask.shape[1]
+        inj = torch.cat([torch.nn.functional.pad(k[4], (0, L - k[4].shape[1])) for k in kept])[: n_use * G]
+        batch.injected = inj.to(self.device)
         if self.cfg.algorithm.mask_truncated:
             batch.mask = batch.mask * (~roll.truncated.to(self.device)).float().unsqueeze(-1)
         return batch
+
+    def _correct(self, roll, idx, answers, score, acc, params, step: int, rounds: int, tally):
+        """GEC on this round's rollout, then the rewards of the rewritten responses."""
+        G, r = self.cfg.trainer.group_size, self.dist.rank
+        rows = [self.rows[i] for i in idx for _ in range(G)]
+        new, injected, counts = self.gec.apply(roll, rows, acc, params, seeds.gec(self.cfg.seed, step, rounds, r),
+                                               seeds.gec_generation(self.cfg.seed, step, rounds, r))
+        self._check_logprobs(new)
+        new_score, new_acc = self.reward(new, answers)
+        tally.gec(counts, score, new_score, injected, new.response_mask)
+        return new, injected, new_score, new_acc
+
+    def _check_logprobs(self, roll: Rollout) -> None:
+        if self.objective.needs_behaviour_logp and self.objective.behaviour_logp == "engine" and roll.logprobs is None:
+            raise HapoError("algorithm.rollout_is.behaviour_logp=engine: this rollout engine returned no log-probs; "
+                            "use behaviour_logp=recompute")
 
     def _say_short(self, step: int, n_use: int, rounds: int) -> None:
         from tqdm.auto import tqdm

@@ -10,25 +10,22 @@ from hapo_cli.config import GROUPS, compose_config, group_options
 
 
 def _help() -> str:
-    lines = [
+    paragraphs = [
         "Train a DAPO baseline or a HAPO variant. Arguments are Hydra overrides (key=value).",
-        "",
-        "Examples: `hapo train` (built-in tiny model, CPU, minutes); `hapo train algorithm=dapo`;",
-        "`hapo train algorithm=dapo algorithm.components.B=true` (DAPO + TLGA);",
+        "Examples: `hapo train` (built-in tiny model, CPU, minutes); `hapo train algorithm=dapo`; "
+        "`hapo train algorithm=dapo algorithm.components.B=true` (DAPO + TLGA); "
         "`hapo train run_dir=runs/x resume=true` (continue a run).",
-        "",
-        "Components (algorithm.components.<letter> or .<name>): A/ats Adaptive Temperature Sampling,",
+        "Components (algorithm.components.<letter> or .<name>): A/ats Adaptive Temperature Sampling, "
         "B/tlga Token-Level Group Average, C/dar Differential Advantage Redistribution, D/aac Asymmetric Adaptive Clipping.",
-        "",
-        "Config groups (group=option):",
     ]
+    groups = ["\b", "Config groups (group=option):"]  # \b: click keeps these lines as they are
     try:
         for g in GROUPS:
-            lines.append(f"  {g}: {', '.join(group_options(g)) or '-'}")
+            groups.append(f"  {g}: {', '.join(group_options(g)) or '-'}")
     except Exception:  # noqa: BLE001 - help must render even without conf/
-        lines.append("  (conf/ not found)")
-    lines += ["", "Every key, its default and meaning: `hapo train --help-config`; the composed config: `--show-config`."]
-    return "\b\n" + "\n".join(lines)
+        groups.append("  (conf/ not found)")
+    tail = "Every key, its default and meaning: `hapo train --help-config`; the composed config: `--show-config`."
+    return "\n\n".join([*paragraphs, "\n".join(groups), tail])
 
 
 def train_command(

@@ -20,6 +20,7 @@ class RolloutTally:
         self.temp_sum, self.temp_n = 0.0, 0
         self.temp_min, self.temp_max = float("inf"), float("-inf")
         self.groups_seen = 0
+        self.gec_sums: dict[str, float] = {}  # EDGE's GEC figures (empty: GEC off)
 
     def add(self, roll: Rollout, acc: torch.Tensor, n_groups: int) -> None:
         self.acc.append(acc)
@@ -33,8 +34,25 @@ class RolloutTally:
             self.temp_min, self.temp_max = min(self.temp_min, float(tv.min())), max(self.temp_max, float(tv.max()))
         self.groups_seen += n_groups
 
+    def gec(self, counts: dict[str, float], score_before, score_after, injected, mask) -> None:
+        """EDGE's GEC figures: branch counts, reward before / after, share of injected tokens."""
+        for k, v in counts.items():
+            self.gec_sums[k] = self.gec_sums.get(k, 0.0) + v
+        for k, v in (("before", float(score_before.sum())), ("after", float(score_after.sum())),
+                     ("n", float(len(score_before))), ("inj", float(injected.sum())), ("tok", float(mask.sum()))):
+            self.gec_sums[k] = self.gec_sums.get(k, 0.0) + v
+
     def metrics(self, rounds: int, groups_kept: int, groups_used: int) -> dict[str, float]:
         acc, length = torch.cat(self.acc), torch.cat(self.length)
+        out = self._metrics(acc, length, rounds, groups_kept, groups_used)
+        g = self.gec_sums
+        if g:
+            out.update({k: v for k, v in g.items() if k.startswith("gec/")})
+            out.update({"gec/reward_before": g["before"] / max(1.0, g["n"]), "gec/reward_after": g["after"] / max(1.0, g["n"]),
+                        "gec/injected_frac": g["inj"] / max(1.0, g["tok"])})
+        return out
+
+    def _metrics(self, acc, length, rounds: int, groups_kept: int, groups_used: int) -> dict[str, float]:
         right, wrong = acc > 0, acc == 0
         return {
             "rollout/acc": float(acc.mean()),
@@ -50,6 +68,10 @@ class RolloutTally:
             "rollout/groups_informative": float(groups_kept),
             "rollout/groups_used": float(groups_used),
         }
+
+
+STANDARD_LOSS_KEYS = frozenset({"loss", "clipfrac_left", "clipfrac_right", "clipfrac", "clipfrac_dual", "ratio_mean",
+                                "ratio_max", "ratio_min", "n_tokens"})  # policy_loss's metrics (logged above)
 
 
 class UpdateDiagnostics:
@@ -84,6 +106,29 @@ class UpdateDiagnostics:
         self.add("adv_neg_sum", (adv.clamp(max=0) * mask).sum())
         self.extreme("ratio_max", loss_metrics["ratio_max"], torch.maximum)
         self.extreme("ratio_min", loss_metrics["ratio_min"], torch.minimum)
+        for key, value in loss_metrics.items():  # a method's own scalars (Archer's classes, CISPO's caps, EDA ...)
+            if key not in STANDARD_LOSS_KEYS and isinstance(value, torch.Tensor) and value.dim() == 0:
+                self.add(f"x/{key}", value * n_tok)
+
+    def mismatch(self, old, beh, mask, w, factor) -> None:
+        """Rollout-vs-trainer figures (baselines-spec 7 "Log") of sampled tokens: w, delta, k3, by ATS factor m."""
+        valid = mask > 0
+        d = torch.where(valid, (old - beh).clamp(-20, 20), torch.zeros_like(old))
+        k3 = torch.exp(d) - 1 - d
+        up, down = valid & (factor > 1), valid & (factor < 1)
+        self.add("mm_tok", valid.sum())
+        self.add("mm_delta", d.sum())
+        self.add("mm_k3", (k3 * valid).sum())
+        self.add("mm_tok_up", up.sum())
+        self.add("mm_tok_down", down.sum())
+        self.add("mm_delta_up", (d * up).sum())
+        self.add("mm_delta_down", (d * down).sum())
+        if w is not None:
+            raw = torch.exp(d)
+            self.add("mm_w", (w * valid).sum())
+            self.add("mm_changed", (valid & ((w - raw).abs() > 1e-6 * raw)).sum())
+            self.extreme("mm_w_max", torch.where(valid, w, torch.zeros_like(w)).amax(), torch.maximum)
+            self.extreme("mm_w_min", torch.where(valid, w, torch.full_like(w, float("inf"))).amin(), torch.minimum)
 
     def split_deferred(self, h_of) -> None:
         """Split the deferred micro-batches by the sign of h, `h_of(rows)` giving their h."""
@@ -136,7 +181,21 @@ class UpdateDiagnostics:
         }
         if "kl_sum" in s:
             out["actor/kl"] = s["kl_sum"] / tok
+        out.update({f"actor/{k[2:]}": v / tok for k, v in s.items() if k.startswith("x/")})
+        if "mm_tok" in s:
+            out.update(_mismatch_metrics(s))
         return out
+
+
+def _mismatch_metrics(s: dict[str, float]) -> dict[str, float]:
+    n, up, down = max(1.0, s["mm_tok"]), max(1.0, s["mm_tok_up"]), max(1.0, s["mm_tok_down"])
+    out = {"rollout_is/delta_mean": s["mm_delta"] / n, "rollout_is/k3_mean": s["mm_k3"] / n,
+           "rollout_is/delta_mean_ats_up": s["mm_delta_up"] / up, "rollout_is/delta_mean_ats_down": s["mm_delta_down"] / down,
+           "rollout_is/tokens_ats_up_frac": s["mm_tok_up"] / n, "rollout_is/tokens_ats_down_frac": s["mm_tok_down"] / n}
+    if "mm_w" in s:
+        out.update({"rollout_is/w_mean": s["mm_w"] / n, "rollout_is/w_max": s["mm_w_max"], "rollout_is/w_min": s["mm_w_min"],
+                    "rollout_is/changed_frac": s["mm_changed"] / n})
+    return out
 
 
 def batch_metrics(b) -> dict[str, float]:

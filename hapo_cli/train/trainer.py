@@ -34,7 +34,7 @@ from hapo_cli.config import Config, describe_components
 from hapo_cli.data.train_data import PromptSampler
 from hapo_cli.errors import HapoError
 from hapo_cli.models import load_model_and_tokenizer
-from hapo_cli.rollout.factory import EngineSettings, build_engine, vllm_dtype
+from hapo_cli.rollout.factory import EngineSettings, build_engine, engine_factory, vllm_dtype
 from hapo_cli.runs import rollouts as rollout_files
 from hapo_cli.runs.files import atomic_write_json
 from hapo_cli.runs.rundir import MetricsLog
@@ -69,6 +69,7 @@ class Trainer:
         if t.train_batch_size % self.dist.world or t.mini_batch_size % self.dist.world:
             raise HapoError(f"trainer.train_batch_size and trainer.mini_batch_size must be multiples of the number of processes ({self.dist.world})")
         self.objective = cfg.algorithm.objective()
+        engine_factory(cfg.rollout.engine)  # an unknown engine fails before anything loads
         self.task = build_task(cfg.data, cfg.model, cfg.seed)
         meta = {"task": self.task.name, "data": {"source": self.task.source, **self.task.data_stats},
                 **self.task.run_info()}  # code tasks: which sandbox ran the programs

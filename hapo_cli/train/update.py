@@ -13,8 +13,10 @@ import math
 import torch
 
 from hapo_cli import algo, seeds
+from hapo_cli.algo.objective import LossInputs
 from hapo_cli.train.batch import StepBatch
 from hapo_cli.train.diagnostics import UpdateDiagnostics
+from hapo_cli.train.scorer import position_ids_from_mask
 
 
 class Updater:
@@ -26,6 +28,7 @@ class Updater:
         self.scorer, self.optimizer, self.scheduler = scorer, optimizer, scheduler
         self.accelerator, self.dist, self.obj = accelerator, dist, objective
         self.ref_scorer = ref_scorer
+        self.n_micro = 0  # micro-batches run in this step's update (seeds a loss's random draw)
         self.nan_step = nan_step  # test hook (HAPO_TEST_NAN_STEP): poison that step's loss
         self.device = accelerator.device
         rt = cfg.rollout.temperature
@@ -39,18 +42,20 @@ class Updater:
         The first mini-batch of the first epoch is trained before any optimizer step, so its
         "old" log-probs and entropies are exactly the ones its own forward pass computes (TRL
         makes the same shortcut with one update per step). It applies when nothing needs them
-        sooner: no batch-scope h, no KL reference, one PPO epoch.
+        sooner: no batch-scope h (unless the entropies come from the rollout), no KL reference,
+        one PPO epoch.
         """
         t = self.t
-        if not t.onpolicy_shortcut or self.obj.needs_h_before_update or self.ref_scorer is not None or t.ppo_epochs != 1:
+        h_first = self.obj.needs_h_before_update and self.a.entropy_source != "rollout"
+        if not t.onpolicy_shortcut or h_first or self.ref_scorer is not None or t.ppo_epochs != 1:
             return 0
         return (t.mini_batch_size // self.dist.world) * t.group_size
 
     def prepare(self, b: StepBatch) -> None:
         """Old log-probs and entropies, h and EntropyStats (unless deferred), advantages."""
         self.score_old(b, skip=self.onpolicy_rows())
-        if not b.fresh_rows:  # else the update computes them once the first mini-batch is scored
-            self.batch_h(b)
+        if not b.fresh_rows or self.a.entropy_source == "rollout":  # else the update computes them
+            self.batch_h(b)  # once the first mini-batch is scored
         b.adv = self.obj.advantages(b.score, b.group_ids, b.mask)
 
     def _slices(self, n: int, start: int = 0) -> list[slice]:
@@ -62,8 +67,16 @@ class Updater:
         """Old-policy log-probs and entropies (and reference log-probs for KL), micro-batched.
 
         Rows `[0, skip)` are left at 0 (see `onpolicy_rows`): the first update fills them in.
+        With `algorithm.entropy_source=rollout` the entropies are the rollout's (`Rollout.entropy`,
+        kept by the engine while generating) and this pass computes log-probs only.
         """
         scorer = self.accelerator.unwrap_model(self.scorer)
+        from_rollout = self.a.entropy_source == "rollout"
+        if from_rollout and b.roll.entropy is None:
+            from hapo_cli.errors import HapoError
+
+            raise HapoError("algorithm.entropy_source=rollout: this rollout engine returns no entropies "
+                            "(the hf engine does); use algorithm.entropy_source=old_pass")
         lps, ents, refs = [], [], []
         skip = min(skip, len(b))
         if skip:
@@ -73,14 +86,18 @@ class Updater:
         b.fresh_rows = skip
         for sl in self._slices(len(b), start=skip):
             with self.accelerator.autocast():
-                lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=self.T)
+                lp, ent = scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl], temperature=self.T,
+                                 with_entropy=not from_rollout)
             lps.append(lp)
             ents.append(ent)
             if self.ref_scorer is not None:
                 refs.append(self.ref_scorer(b.input_ids[sl], b.attention_mask[sl], b.response_ids[sl],
                                             temperature=self.T, with_entropy=False)[0])
         b.old_logp = torch.cat(lps) * b.mask
-        b.entropy = torch.cat(ents) * b.mask
+        if from_rollout:
+            b.entropy = b.roll.entropy.to(b.mask.device) * b.mask
+        else:
+            b.entropy = torch.cat(ents) * b.mask
         if refs:
             b.ref_logp = torch.cat(refs) * b.mask
 
@@ -98,8 +115,10 @@ class Updater:
         t, G = self.t, self.t.group_size
         n_groups, per_rank_mb = len(b) // G, t.mini_batch_size // self.dist.world
         diag = UpdateDiagnostics(self.device)
-        n_updates = skipped = 0
+        n_updates = skipped = self.n_micro = 0
         grad_norms: list[float] = []
+        if self.obj.needs_behaviour_logp and self.obj.behaviour_logp == "recompute":
+            self.behaviour_pass(b)
         self.scorer.train()
         for epoch in range(t.ppo_epochs):
             g = torch.Generator().manual_seed(seeds.minibatch_order(self.cfg.seed, step, epoch))
@@ -119,17 +138,19 @@ class Updater:
 
     def _minibatch(self, b: StepBatch, rows: torch.Tensor, fresh: bool, diag: UpdateDiagnostics, step: int):
         """Forward/backward every micro-batch of one mini-batch; -> whether every loss was finite."""
+        micro = self._slices(len(rows))
         mb_mask = b.mask[rows]
-        denom_tok = self.dist.sum(mb_mask.sum().detach()).clamp(min=1.0)  # global tokens in the mini-batch
+        selected = self.obj.denominator_tokens([b.mask[rows[sl]] for sl in micro])  # None: every valid token
+        tokens = mb_mask.sum().detach() if selected is None else selected
+        denom_tok = self.dist.sum(tokens).clamp(min=1.0)  # global denominator tokens in the mini-batch
         denom_seq = self.dist.sum(_seq_count(mb_mask, self.a.loss_agg)).clamp(min=1.0)  # global sequences the agg counts
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        micro = self._slices(len(rows))
         for k, sl in enumerate(micro):
             last = k == len(micro) - 1
             ctx = contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer)
             with ctx:
                 finite = finite & self._micro(b, rows[sl], fresh, denom_tok, denom_seq, diag, step)
-        if fresh:  # the first mini-batch filled in the last entropies: h, statistics, deferred splits
+        if fresh and b.h is None:  # the first mini-batch filled in the last entropies: h, statistics, deferred splits
             self.batch_h(b)
             diag.split_deferred(lambda r: b.h[r])
         return finite
@@ -145,26 +166,63 @@ class Updater:
         old = logp.detach() if fresh else b.old_logp[r]
         if self.obj.h_from_microbatch:  # released code: h from each micro-batch's current entropy
             h, _ = self.obj.normalize(ent.detach(), mask)
-        elif fresh:  # b.h needs every row's entropy; C and D are off, h only splits diagnostics
+        elif fresh and b.h is None:  # b.h needs every row's entropy; C and D are off, h only splits diagnostics
             h = torch.zeros_like(mask)
         else:
             h = b.h[r]
         adv = b.adv[r]
-        loss, m = self.obj.loss(logp, old, adv, mask, h)
-        weight = mask.sum() / denom_tok if a.loss_agg == "token-mean" else _seq_count(mask, a.loss_agg) / denom_seq
+        x = LossInputs(logp, old, adv, mask, h, entropy=ent, old_entropy=b.entropy[r],
+                       ref_logp=None if b.ref_logp is None else b.ref_logp[r], group_ids=b.group_ids[r],
+                       is_weights=self._is_weights(b, r, old, mask, diag), generator=self._generator(step))
+        loss, m = self.obj.loss(x)
+        seq_share = _seq_count(mask, a.loss_agg) / denom_seq  # this micro-batch's share of the sequences
+        weight = self.obj.micro_weight(mask, m, seq_share, denom_tok)
         total = loss * weight * world
         if self.nan_step == step:
             total = total * float("nan")
         if a.entropy_coef:
             total = total - a.entropy_coef * (ent * mask).sum() / denom_tok * world
         if a.kl_coef and b.ref_logp is not None:
-            d = (b.ref_logp[r] - logp).clamp(-20, 20)
-            kl = (torch.exp(d) - d - 1) * mask
-            total = total + a.kl_coef * kl.sum() / denom_tok * world
-            diag.add("kl_sum", kl.sum().detach())
+            term, km = self.obj.kl_loss(x, a.kl_coef, denom_tok, seq_share)
+            total = total + term * world
+            diag.add("kl_sum", km.pop("kl_sum"))
+            m.update(km)
         self.accelerator.backward(total)
-        diag.micro(r, mask, adv, m, loss.detach() * weight, h=None if fresh and not self.obj.h_from_microbatch else h)
+        diag.micro(r, mask, adv, m, loss.detach() * weight, h=None if fresh and b.h is None and not self.obj.h_from_microbatch else h)
         return torch.isfinite(total.detach())
+
+    def _is_weights(self, b: StepBatch, r, old, mask, diag: UpdateDiagnostics):
+        """Rollout IS weights of these rows (baselines-spec 7; None when off) and the mismatch figures."""
+        if not self.obj.needs_behaviour_logp:
+            return None
+        beh, inj = b.beh_logp[r], b.injected[r]
+        w = self.obj.is_weights(old, beh, mask, inj)
+        diag.mismatch(old, beh, mask * (1.0 - inj), w, b.temperatures[r] / self.T)
+        return w
+
+    def _generator(self, step: int) -> torch.Generator | None:
+        """The seeded generator of this micro-batch's random draw (Clip-Cov), or None when the loss draws nothing."""
+        self.n_micro += 1
+        if not self.obj.needs_generator:
+            return None
+        return torch.Generator().manual_seed(seeds.loss_draw(self.cfg.seed, step, self.dist.rank, self.n_micro))
+
+    @torch.no_grad()
+    def behaviour_pass(self, b: StepBatch) -> None:
+        """`b.beh_logp` recomputed (`behaviour_logp: recompute`): `log_softmax(z / (T_base m))[y]` within top-p."""
+        model = self.accelerator.unwrap_model(self.scorer).model
+        L, top_p = b.response_ids.shape[1], self.cfg.rollout.top_p
+        temps = torch.where(b.mask > 0, b.temperatures, torch.full_like(b.temperatures, self.T))
+        out = []
+        for sl in self._slices(len(b)):
+            with self.accelerator.autocast():
+                hidden = model.get_decoder()(input_ids=b.input_ids[sl], attention_mask=b.attention_mask[sl],
+                                             position_ids=position_ids_from_mask(b.attention_mask[sl]),
+                                             use_cache=False).last_hidden_state[:, -L - 1 : -1]
+                logits = model.get_output_embeddings()(hidden)
+            out.append(algo.behaviour_logprobs(logits, b.response_ids[sl], temps[sl], top_p))
+        lp = torch.cat(out).to(b.mask.device)
+        b.beh_logp = torch.where(b.mask > 0, lp, torch.zeros_like(lp))
 
     def _step_optimizer(self, finite) -> float | None:
         """Clip and step (or skip a non-finite update); advance the LR schedule. -> grad norm or None."""
