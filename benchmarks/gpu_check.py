@@ -37,8 +37,7 @@ reported beside it, with every site. The ops count of the optimizer phase includ
 counters, which live on the CPU on CUDA too: an upper bound there.
 
 Writes OUT/gpu_check.json (every figure; rewritten after each stage, so a cut-off run keeps what it
-had), OUT/gpu_check.md (the figures as tables), OUT/gpu_check.log (every stage's output) and
-OUT/step_time.md/.json. Exit code 0 when every stage passed or was skipped, 1 otherwise.
+had), OUT/gpu_check.md (the figures as tables, step_time's too) and OUT/gpu_check.log (every stage's output). Exit code 0 when every stage passed or was skipped, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -401,7 +400,7 @@ def stage_memory(args, work: Path) -> dict:
                     with autocast:
                         lp, ent = scorer(ids, att, resp)
                     h, _ = obj.normalize(ent.detach(), mask)
-                    loss, _ = obj.loss(lp, logps[name].to(device), adv, mask, h)
+                    loss, _ = _objective_loss(obj, lp, logps[name].to(device), adv, mask, h, ent)
                     loss.backward()
                 if cuda:
                     torch.cuda.synchronize()
@@ -429,6 +428,18 @@ def stage_memory(args, work: Path) -> dict:
                            f"{c} vs {u} GiB"))
     figures["max_abs_logp_diff"] = diff
     return {"figures": figures, "variants": out, "checks": checks}
+
+
+def _objective_loss(obj, logp, old, adv, mask, h, ent):
+    """`Objective.loss` of either signature: LossInputs (main since the baselines merge) or positional."""
+    import torch
+
+    try:
+        from hapo_cli.algo.objective import LossInputs
+    except ImportError:
+        return obj.loss(logp, old, adv, mask, h)
+    return obj.loss(LossInputs(logp, old, adv, mask, h, entropy=ent, old_entropy=ent.detach(),
+                               group_ids=torch.arange(logp.shape[0], device=logp.device)))
 
 
 def stage_ats(args, work: Path) -> dict:
@@ -499,7 +510,7 @@ def stage_step_time(args, work: Path) -> dict:
                               cwd=ROOT).stdout
     has = {f: f in helptext for f in ("--shape", "--device", "--response-length", "--updates")}
     cmd = [sys.executable, str(script), "--systems", "hapo-dapo,hapo-hapo", "--rounds", "1",
-           "--out", str(Path(args.out) / "step_time")]
+           "--out", str(work / "step_time")]  # its tables go into gpu_check.md (8 files come back at most)
     if args.dry_run:
         cmd += ["--shape", "tiny"] if has["--shape"] else []
         cmd += ["--steps", "1", "--warmup", "0", "--prompts", "2", "--group-size", "2", "--micro-batch", "2",
@@ -513,25 +524,28 @@ def stage_step_time(args, work: Path) -> dict:
     print("$", " ".join(cmd), flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     print(res.stdout[-6000:], res.stderr[-4000:], sep="\n")
-    last = None
-    for line in reversed(res.stdout.strip().splitlines()):
+    lines = []  # its JSON lines: one summary per --updates value ({"updates": u, "hapo_over_dapo": r, ...})
+    for line in res.stdout.splitlines():
         try:
-            last = json.loads(line)
-            break
+            obj = json.loads(line)
         except ValueError:
             continue
-    saved = Path(args.out) / "step_time.json"
-    data = json.loads(saved.read_text()) if saved.exists() else {}
-    rows = _find_rows(last) or _find_rows(data)
-    hapo = next((r for r in rows if r.get("system") == "hapo-hapo"), {})
-    figures = {"flags": has, "command": " ".join(cmd[1:]), "hapo_over_dapo": hapo.get("x_hapo-dapo"),
-               "breakdown": {r["system"]: {k: r.get(k) for k in ("median_s", "rollout_s", "train_s", "tokens", "updates")}
-                             for r in rows if "system" in r},
-               "final_json_line": last}
+        if isinstance(obj, dict):
+            lines.append(obj)
+    ratios = {f"updates={x.get('updates')}": x["hapo_over_dapo"] for x in lines
+              if isinstance(x.get("hapo_over_dapo"), (int, float))}
+    breakdown, tables = {}, []
+    for saved in sorted(work.glob("step_time*.json")):  # one file per comparison (step_time-uN.json)
+        for r in _find_rows(json.loads(saved.read_text())):
+            breakdown[f"{saved.stem}/{r['system']}"] = {k: r.get(k) for k in
+                                                       ("median_s", "rollout_s", "train_s", "x_hapo-dapo", "tokens", "updates")}
+        tables.append(f"{saved.stem}:\n\n" + saved.with_suffix(".md").read_text() if saved.with_suffix(".md").exists() else "")
+    if not ratios:  # an older step_time.py: the ratio lives in its summary rows
+        ratios = {k: v["x_hapo-dapo"] for k, v in breakdown.items() if k.endswith("hapo-hapo") and v.get("x_hapo-dapo")}
+    figures = {"flags": has, "command": " ".join(cmd[1:]), "hapo_over_dapo": ratios, "breakdown": breakdown}
     checks = [("step_time.py exited 0", res.returncode == 0, f"exit {res.returncode}"),
-              ("a HAPO / DAPO ratio came out", isinstance(hapo.get("x_hapo-dapo"), (int, float)),
-               str(hapo.get("x_hapo-dapo")))]
-    return {"figures": figures, "checks": checks}
+              ("a HAPO / DAPO ratio came out", bool(ratios) and all(v > 0 for v in ratios.values()), str(ratios))]
+    return {"figures": figures, "checks": checks, "tables": tables}
 
 
 def stage_vllm(args, work: Path) -> dict:
@@ -675,6 +689,8 @@ def markdown(report: dict) -> str:
             lines += ["", f"{algo}: s/step {_fmt(run['s_per_step'])} (gen {_fmt(run['gen_s'])}, update "
                       f"{_fmt(run['update_s'])}); syncs/step by phase: cuda {_fmt(run['syncs_per_step']['cuda']) or '-'}; "
                       f"ops {_fmt(run['syncs_per_step']['ops']) or '-'}; loss-path sites {_fmt(run['loss_path_sites'])}"]
+        for t in st.get("tables", []):
+            lines += ["", t]
         for k, v in st.get("variants", {}).items():
             lines.append(f"- {k}: {_fmt(v)}")
         bad = [t for t in st.get("tests", []) if t["outcome"] in ("failure", "error")]
