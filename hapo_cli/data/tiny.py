@@ -38,7 +38,7 @@ class TinyRecipe:
     sft_batch: int = 128
     sft_lr: float = 3e-3
     seed: int = 1234
-    version: int = 1  # bump when the task or the builder changes
+    version: int = 2  # bump when the task or the builder changes (2: positions counted as in generation)
 
     def key(self) -> str:
         import hashlib
@@ -142,7 +142,10 @@ def sft_loop(model, opt, sched, next_batch, steps: int, desc: str, progress: boo
     loss = torch.tensor(0.0)
     for _ in range(steps):
         ids, att, lab = next_batch()
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        # positions counted over attended tokens, as `generate` and the scorer count them with left
+        # padding (the default, arange over the padded row, would train the model on shifted positions)
+        pos = (att.long().cumsum(-1) - 1).clamp(min=0)
+        loss = model(input_ids=ids, attention_mask=att, position_ids=pos, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
