@@ -45,7 +45,7 @@ class TinyLogicRecipe:
     sft_lr: float = 3e-3
     sft_correct: float = 0.5  # share of demonstrations with the right answer (the rest: random assignments)
     seed: int = 1234
-    version: int = 1  # bump when the task or the builder changes
+    version: int = 2  # bump when the task or the builder changes (2: positions counted as in generation)
 
     def key(self) -> str:
         import hashlib
