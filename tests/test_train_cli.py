@@ -207,3 +207,22 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_model_dir, tmp_path):
     # rank per mini-batch, so every group used is one update on every rank (the logged counts are means)
     assert trained and all(1.0 <= r["rollout/groups_used"] <= 2.0 for r in trained)
     assert all(r["actor/updates"] == r["rollout/groups_used"] for r in trained)
+
+
+def test_console_says_what_happened(cli, tiny_model_dir, tmp_path):
+    """Start-up lines name the device and dtype; every validation prints one line (step, avg@k, pass@k,
+    and entropy and reward once there are steps); the results table goes to stdout, progress to stderr."""
+    run = tmp_path / "run"
+    res = cli("train", *FAST, f"run_dir={run}", "trainer.total_steps=2", "logger.console_every=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"run directory: {run}" in res.stderr
+    assert "processes: 1, device: cpu, dtype: float32" in res.stderr
+    val = [line for line in res.stderr.splitlines() if line.startswith("validation: ")]
+    assert len(val) == 2 and val[0].startswith("validation: step 0, avg@2 ") and ", pass@2 " in val[0]
+    assert val[1].startswith("validation: step 2, avg@2 ") and ", entropy " in val[1] and ", reward " in val[1]
+    recs = read_metrics(run)
+    assert f"avg@2 {100 * recs[-1]['val/avg@2']:.2f}" in val[1]
+    steps = [line for line in res.stderr.splitlines() if line.startswith("step ")]
+    assert [s.split(":")[0].split()[-1] for s in steps] == ["1", "2"]  # logger.console_every=1
+    assert "hapo train: hapo (components ABCD)" in res.stdout and "validation avg@2" in res.stdout
+    assert "hapo train [hapo]" not in res.stdout  # the progress bar stays on stderr
