@@ -18,6 +18,9 @@ from hapo_cli.errors import HapoError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+ALIASES = ("tiny", "tiny-logic")  # built-in models, built on first use (resolved by hapo_cli.tasks.model_path)
+
+
 def is_local_path(name_or_path: str) -> bool:
     """A local folder (exists, or looks like a path) rather than a Hub id `org/name`."""
     p = Path(name_or_path).expanduser()

@@ -80,8 +80,11 @@ def check_preset(cfg: Any) -> None:
     needs = []
     if cfg.rollout.engine == "vllm":
         needs.append("vLLM")
-    if cfg.model.name_or_path != "tiny":
-        needs.append(f"the model {cfg.model.name_or_path}")
+    from hapo_cli.models import ALIASES, is_local_path
+
+    name = cfg.model.name_or_path
+    if name not in ALIASES and not is_local_path(name):  # a Hub model (a built-in or local one runs here)
+        needs.append(f"the model {name}")
     if cfg.trainer.mixed_precision != "no":
         needs.append(f"{cfg.trainer.mixed_precision} mixed precision")
     if not needs:
@@ -98,5 +101,7 @@ def preflight(cfg: Any) -> None:
     check_device(cfg.trainer.device, "trainer.device")
     check_engine(cfg.rollout.engine, "rollout.engine")
     check_wandb(cfg.logger)
-    if cfg.model.name_or_path != "tiny":
+    from hapo_cli.models import ALIASES
+
+    if cfg.model.name_or_path not in ALIASES:
         ensure_reachable(cfg.model.name_or_path)

@@ -64,7 +64,7 @@ def test_spec_rows_name_an_algorithm_preset(tmp_path):
 
     p = tmp_path / "s.yaml"
     p.write_text("rows:\n  - {name: X, components: [], algorithm: nope}\n")
-    with pytest.raises(HapoError, match=r"rows\[0\] \(X\): algorithm must be one of dapo, grpo, hapo"):
+    with pytest.raises(HapoError, match=r"rows\[0\] \(X\): algorithm must be one of archer, cispo, clip_cov, dapo, "):
         load_spec(p)
     p.write_text("rows:\n  - {name: G, components: [B], algorithm: grpo}\n")
     v = load_spec(p).variants[0]

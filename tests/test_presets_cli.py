@@ -52,7 +52,9 @@ def test_preset_trains_and_logs_its_figures(cli, tiny_model_dir, tmp_path, varia
         assert 0.2 <= last["actor/selected_frac"] < 0.4
     if variant == "edge_grpo":  # GEC rewrote wrong responses (the tiny model is mostly wrong)
         assert last["gec/reflect"] + last["gec/answer"] > 0 and last["gec/injected_frac"] > 0
-    if variant in ("clip_cov", "kl_cov"):  # max(int(ratio * N), 1) = 1 token on the tiny batch
+    if variant == "kl_cov":  # max(int(ratio * N), 1) = 1 token on the tiny batch
         assert last["actor/n_selected"] == pytest.approx(1.0)
+    if variant == "clip_cov":  # at most max(int(ratio * N), 1) = 1 token a micro-batch, drawn among the candidates
+        assert 0.0 <= last["actor/n_selected"] <= 1.0 and last["actor/n_candidates"] >= last["actor/n_selected"]
     if variant == "archer":
         assert last["actor/high_frac"] + last["actor/low_frac"] == pytest.approx(1.0)

@@ -140,7 +140,7 @@ def test_training_rewards_go_through_the_pool(tmp_path):
     roll = Rollout(torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long), torch.ones(3, 2, dtype=torch.long),
                    torch.ones(3, 2, dtype=torch.long), None, torch.ones(3, 2), ["stop"] * 3, texts)
     with GradingPool(num_workers=1, timeout=3.0, mv_timeout=60) as pool:
-        collector = Collector(Config(), task, None, None, None, None, None, "cpu", pool=pool)
+        collector = Collector(Config(), task, None, None, None, Config().algorithm.objective(), None, "cpu", pool=pool)
         t0 = time.monotonic()
         score, acc = collector.reward(roll, ["1", "5", "5"])
         seconds = time.monotonic() - t0

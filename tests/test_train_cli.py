@@ -162,12 +162,12 @@ def test_wandb_offline_files(cli, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "args, expect",
     [
-        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: dapo, grpo, hapo, hapo_reference"),
+        (["algorithm=nope"], "unknown algorithm 'nope'; choose one of: archer, cispo, clip_cov, dapo, edge_grpo, forking_tokens, grpo, gspo, hapo, hapo_reference, kl_cov"),
         (["trainer.nope=1"], "unknown config key 'trainer.nope': trainer has total_steps"),
         (["trainer.lr=fast"], "bad value for trainer.lr"),
         (["algorithm.loss_agg=mean"], "algorithm.loss_agg='mean' is not valid; choose one of: token-mean"),
         (["model.name_or_path=/no/such/model"], "model path '/no/such/model' does not exist"),
-        (["model.name_or_path=nobody/no-such-model-xyz"], "cannot load model 'nobody/no-such-model-xyz' from the Hugging Face Hub"),
+        (["model.name_or_path=nobody/no-such-model-xyz"], "model 'nobody/no-such-model-xyz' is not in the local cache and HF_HUB_OFFLINE is set (offline)"),
         (["data=local", "data.path=/no/such/file.parquet"], "data file '/no/such/file.parquet' does not exist"),
         (["data=dapo_math"], "cannot load dataset 'BytedTsinghua-SIA/DAPO-Math-17k' from the Hugging Face Hub"),
     ],
