@@ -98,6 +98,11 @@ def _sft_batch(vocab: dict[str, int], eos: int, pad: int, rows: list[tuple[int, 
         t = [vocab[c] for c in synthetic.noisy_target(a, b, rng)] + [eos]
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
+    return left_padded(seqs, labels, pad)
+
+
+def left_padded(seqs: list[list[int]], labels: list[list[int]], pad: int):
+    """Token lists and their labels, left-padded -> (input_ids, attention_mask, labels) [N, width]."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad)
     lab = torch.full((len(seqs), width), -100)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hapo_cli.data import knights
-from hapo_cli.data.tiny import build_cached, cache_root, sft_loop
+from hapo_cli.data.tiny import build_cached, cache_root, left_padded, sft_loop
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]
 
@@ -111,15 +111,7 @@ def _batch(tokenizer, rows: list[dict], rng: random.Random, p_correct: float):
         t = t + [tokenizer.eos_token_id]
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    lab = torch.full((len(seqs), width), -100)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, y) in enumerate(zip(seqs, labels)):
-        ids[i, width - len(s):] = torch.tensor(s)
-        lab[i, width - len(s):] = torch.tensor(y)
-        att[i, width - len(s):] = 1
-    return ids, att, lab
+    return left_padded(seqs, labels, tokenizer.pad_token_id)
 
 
 def warm_start(model, tokenizer, recipe: TinyLogicRecipe, progress: bool = True) -> dict:
