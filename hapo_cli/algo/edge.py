@@ -217,9 +217,9 @@ def gec_rewrite(completion: str, branch: int, answer: str, solution: str) -> str
 
     keep -> unchanged; reflect -> `completion + GEC_REFLECT_TEXT` (the caller then lets the policy
     continue for at most 256 new tokens and appends the continuation); answer -> `completion +
-    gec_answer_text(answer)`; solution -> `solution` exactly. The injected text is not sampled
-    from the policy: mark its tokens (`injected [B, L]`), give them IS weight 1 and exempt them
-    from rejection sampling (spec 3b, 7).
+    gec_answer_text(answer)`; solution -> `solution` exactly. The policy did not sample the
+    injected text: mark its tokens (`injected [B, L]`), give them IS weight 1 and exempt them of
+    rejection sampling (spec 3b, 7).
     """
     if branch == 0:
         return completion
