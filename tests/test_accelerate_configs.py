@@ -116,6 +116,8 @@ def test_cpu_ddp_file_starts_two_gloo_processes(tmp_path):
         "acc = Accelerator(cpu=True)\n"
         "s = acc.reduce(torch.tensor([acc.process_index + 1.0]), reduction='sum')\n"
         "print(f'RANK {acc.process_index} {acc.num_processes} {acc.distributed_type.value} {s.item()}', flush=True)\n"
+        "acc.wait_for_everyone()\n"
+        "torch.distributed.destroy_process_group()  # a clean gloo teardown (else a rank may abort at exit)\n"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
