@@ -100,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="generation cap (data.max_response_length; default 8, qwen 256)")
     ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (constant)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads in every run")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where every system trains: cpu (float32) or cuda (bf16 weights, HF rollouts)")
     ap.add_argument("--rounds", type=int, default=2, help="runs per system (fresh processes each round)")
     ap.add_argument("--interleave", choices=("step", "run"), default="step",
                     help="step: the systems' runs take turns step by step; run: whole runs one after another")
@@ -196,7 +198,7 @@ def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton, entropy_sou
     overrides = [
         f"algorithm={algorithm}", f"algorithm.entropy_source={entropy_source}", "logger=none", "data=synthetic",
         "rollout=hf",
-        f"model.name_or_path={args.model_dir}", "model.dtype=float32",
+        f"model.name_or_path={args.model_dir}", f"model.dtype={'bfloat16' if args.device == 'cuda' else 'float32'}",
         "algorithm.dynamic_sampling=false", "algorithm.overlong.enable=false", "algorithm.kl_coef=0.0",
         f"data.max_response_length={args.max_new_tokens}", "data.val_size=8", "data.val_samples=1",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=0",
@@ -207,7 +209,7 @@ def run_hapo(args: argparse.Namespace, algorithm: str, baton: Baton, entropy_sou
         f"trainer.lr={args.lr}", "trainer.warmup_steps=0", "trainer.lr_schedule=constant",
         "trainer.grad_clip=1.0", "trainer.weight_decay=0.0",
         "trainer.val_every=0", "trainer.val_at_start=false", "trainer.save_every=0",
-        f"trainer.num_threads={args.threads}", "trainer.device=cpu", "trainer.mixed_precision=no",
+        f"trainer.num_threads={args.threads}", f"trainer.device={args.device}", "trainer.mixed_precision=no",
         f"seed={args.seed}", f"run_dir={run_dir}",
         f"save_rollouts={'false' if args.no_save_rollouts else 'true'}",
     ]
@@ -292,7 +294,7 @@ def run_trl(args: argparse.Namespace, baton: Baton) -> dict:
         mask_truncated_completions=False,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch",
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+        gradient_checkpointing=False, bf16=args.device == "cuda", fp16=False, use_cpu=args.device == "cpu",
         max_steps=s["total_steps"] * k,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=True, log_completions=False, seed=args.seed, dataloader_num_workers=0,
