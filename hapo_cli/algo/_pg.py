@@ -94,6 +94,17 @@ def aggregate(pt: Tensor, m_num: Tensor, m_den: Tensor, agg: str) -> Tensor:
     return _aggregate(pt * m_num, m_den, agg)
 
 
+def finish(pt: Tensor, ratio: Tensor, a: Tensor, mask_f: Tensor, lo, hi, c, agg: str) -> tuple[Tensor, dict]:
+    """The shared tail of a clipped loss: `aggregate` over `mask_f`, then the `policy_loss` metrics
+    keys (loss, n_tokens, clip fractions and masks, ratio statistics). -> (loss, metrics)."""
+    loss = aggregate(pt, mask_f, mask_f, agg)
+    n = count_ones(mask_f.detach())
+    metrics = {"loss": loss.detach(), "n_tokens": n}
+    metrics.update(clip_metrics(ratio, a, mask_f, lo, hi, c, n))
+    metrics.update(ratio_metrics(ratio, mask_f))
+    return loss, metrics
+
+
 def apply_is_weights(fn: str, pt: Tensor, is_weights: Tensor | None) -> Tensor:
     """`l * sg(w)` (spec 7: the rollout IS weight multiplies the per-token loss after clipping)."""
     if is_weights is None:

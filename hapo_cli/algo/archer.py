@@ -118,11 +118,8 @@ def archer_loss(
     c = None if clip_ratio_c is None else float(clip_ratio_c)
     pt, _, _ = _pg.ppo_terms(ratio, a, lo, hi, c)
     pt = _pg.apply_is_weights(fn, pt, is_weights)
-    loss = _pg.aggregate(pt, mask_f, mask_f, agg)
-    n = count_ones(mask_f)
-    metrics = {"loss": loss.detach(), "n_tokens": n}
-    metrics.update(_pg.clip_metrics(ratio, a, mask_f, lo, hi, c, n))
-    metrics.update(_pg.ratio_metrics(ratio, mask_f))
+    loss, metrics = _pg.finish(pt, ratio, a, mask_f, lo, hi, c, agg)
+    n = metrics["n_tokens"]
     with torch.no_grad():
         rows = (n_rows > 0).to(dtype)
         n_high, n_low = count_ones(high_f), count_ones(low_f)

@@ -176,11 +176,8 @@ def clip_cov_loss(
     dtype, mask_f, ratio, a, lo, hi, pt, _, _ = _ratio_clip(logp, old_logp, adv, mask, eps_low, eps_high)
     pt = pt * (1.0 - sel.to(dtype))  # corr
     pt = _pg.apply_is_weights(fn, pt, is_weights)
-    loss = _pg.aggregate(pt, mask_f, mask_f, agg)
-    n = count_ones(mask_f)
-    metrics = {"loss": loss.detach(), "n_tokens": n}
-    metrics.update(_pg.clip_metrics(ratio, a, mask_f, lo, hi, None, n))
-    metrics.update(_pg.ratio_metrics(ratio, mask_f))
+    loss, metrics = _pg.finish(pt, ratio, a, mask_f, lo, hi, None, agg)
+    n = metrics["n_tokens"]
     with torch.no_grad():
         sel_f = sel.to(dtype)
         n_sel = sel_f.sum()
@@ -252,11 +249,7 @@ def kl_cov_loss(
     sel_f = sel.to(dtype)
     pg = _pg.apply_is_weights(fn, -a * ratio, is_weights)
     pt = pg + float(ppo_kl_coef) * log_r.abs() * sel_f
-    loss = _pg.aggregate(pt, mask_f, mask_f, agg)
-    n = count_ones(mask_f)
-    metrics = {"loss": loss.detach(), "n_tokens": n}
-    metrics.update(_pg.clip_metrics(ratio, a, mask_f, None, None, None, n))
-    metrics.update(_pg.ratio_metrics(ratio, mask_f))
+    loss, metrics = _pg.finish(pt, ratio, a, mask_f, None, None, None, agg)
     with torch.no_grad():
         n_sel = sel_f.sum()
         cov = token_covariance(logp, adv, mask)

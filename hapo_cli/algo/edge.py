@@ -19,7 +19,6 @@ from ._common import (
     as_float_mask,
     check_groups,
     check_tensor,
-    count_ones,
     float_dtype,
     group_amax_amin,
     group_index,
@@ -168,11 +167,7 @@ def edge_loss(
     lo, hi = _pg.limit(eps_low, -1.0, ratio), _pg.limit(eps_high, 1.0, ratio)
     pt, _, _ = _pg.ppo_terms(ratio, a, lo, hi, None)
     pt = _pg.apply_is_weights(fn, pt, is_weights)
-    loss = _pg.aggregate(pt, mask_f, mask_f, agg)
-    n = count_ones(mask_f.detach())
-    metrics = {"loss": loss.detach(), "n_tokens": n}
-    metrics.update(_pg.clip_metrics(ratio, a, mask_f, lo, hi, None, n))
-    metrics.update(_pg.ratio_metrics(ratio, mask_f))
+    loss, metrics = _pg.finish(pt, ratio, a, mask_f, lo, hi, None, agg)
     return loss, metrics
 
 

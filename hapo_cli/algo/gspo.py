@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from . import _pg
-from ._common import count_ones
 
 Tensor = torch.Tensor
 
@@ -88,11 +87,7 @@ def gspo_loss(
     lo, hi = _pg.limit(eps_low, -1.0, ratio), _pg.limit(eps_high, 1.0, ratio)
     pt, _, _ = _pg.ppo_terms(ratio, a, lo, hi, None)
     pt = _pg.apply_is_weights(fn, pt, is_weights)
-    loss = _pg.aggregate(pt, mask_f, mask_f, agg)
-    n = count_ones(mask_f)
-    metrics = {"loss": loss.detach(), "n_tokens": n}
-    metrics.update(_pg.clip_metrics(ratio, a, mask_f, lo, hi, None, n))
-    metrics.update(_pg.ratio_metrics(ratio, mask_f))
+    loss, metrics = _pg.finish(pt, ratio, a, mask_f, lo, hi, None, agg)
     with torch.no_grad():
         s_seq = seq_log.detach().exp().squeeze(-1)  # [B]
         has = counts.squeeze(-1) > 0  # [B]
