@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hapo_cli.report.collect import Collection, RunData, VariantData
+from hapo_cli.report.table import csv_number
 from hapo_cli.runs.files import atomic_write_text
 
 EVAL_DIR = "eval"  # written by `hapo eval --runs` (evaluate/command.py)
@@ -169,10 +170,6 @@ def markdown(col: Collection) -> str | None:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def _num(x: float | None) -> str:
-    return "" if x is None else repr(float(x))
-
-
 def table_csv(col: Collection) -> str:
     """One line a method; fractions (not %), full precision; paper numbers in % as published."""
     rows = rows_of(col)
@@ -187,12 +184,12 @@ def table_csv(col: Collection) -> str:
     for row in rows:
         cells = [row.variant.name, len(row.evals), _steps(row)]
         for b in [*benches, AVG]:
-            cells += [_num(x) for x in mean_std(row.values(b))]
+            cells += [csv_number(x) for x in mean_std(row.values(b))]
         mean = mean_std(row.values(AVG))[0]
-        cells.append(_num(None if mean is None or base_mean is None else mean - base_mean))
-        cells.append(_num(mean_std(row.critical)[0]))
+        cells.append(csv_number(None if mean is None or base_mean is None else mean - base_mean))
+        cells.append(csv_number(mean_std(row.critical)[0]))
         paper = paper_of(row, model)
-        cells += [_num(paper.get(b)) for b in [*benches, "avg"]]
+        cells += [csv_number(paper.get(b)) for b in [*benches, "avg"]]
         w.writerow(cells)
     return out.getvalue()
 

@@ -168,7 +168,8 @@ def markdown(col: Collection) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def _num(x: float | None) -> str:
+def csv_number(x: float | None) -> str:
+    """A CSV cell: full precision, empty for None."""
     return "" if x is None else repr(float(x))
 
 
@@ -185,9 +186,9 @@ def results_csv(col: Collection) -> str:
         row = [v.name, _components(v), int(v.is_baseline), len(v.finished), len(v.runs), _step_cell(v)]
         for k in keys:
             mean, std, _ = stats(v, k)
-            row += [_num(mean), _num(std)]
-        row.append(_num(delta(col, v, main)) if main else "")
-        row.append(_num(v.reference))
+            row += [csv_number(mean), csv_number(std)]
+        row.append(csv_number(delta(col, v, main)) if main else "")
+        row.append(csv_number(v.reference))
         w.writerow(row)
     return out.getvalue()
 
@@ -202,7 +203,7 @@ def runs_csv(col: Collection) -> str:
         for r in v.runs:
             step, vals = r.final() if r.summary else (None, {})
             w.writerow([r.id, v.name, "" if r.seed is None else r.seed, r.status, "" if step is None else step,
-                        *[_num(vals.get(k)) for k in keys], "" if r.returncode is None else r.returncode,
+                        *[csv_number(vals.get(k)) for k in keys], "" if r.returncode is None else r.returncode,
                         r.error or "", str(r.run_dir)])
     return out.getvalue()
 
