@@ -27,8 +27,6 @@ class Collector:
         self.timeouts = 0  # answers whose grading timed out this step (counted wrong)
         self._prompts: dict[int, list[int]] = {}
         self.gec = GuidedErrorCorrection(cfg.algorithm.edge, engine, tokenizer) if cfg.algorithm.edge.gec else None
-        if objective.needs_behaviour_logp and objective.behaviour_logp == "engine":
-            engine.return_logprobs = True  # rollout correction reads each sampled token's processed log-prob
 
     def prompt(self, i: int) -> list[int]:
         if i not in self._prompts:
