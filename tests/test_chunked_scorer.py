@@ -104,3 +104,46 @@ def test_chunked_equals_unchunked_values_and_gradients():
     ref_lp = torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(outs[1][0], ref_lp, rtol=0, atol=1e-12)
     torch.testing.assert_close(outs[1][1], token_entropy(logits), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("L,chunk", [(12, 4), (13, 4), (5, 4)])
+def test_last_chunk_kept_for_backward_same_gradients_fewer_projections(L, chunk):
+    """keep_last_chunk (default) projects the last chunk once; every earlier chunk is recomputed in backward.
+
+    Projections counted with a forward hook on the head: with gradients, n chunks cost 2n head
+    forwards when every chunk is recomputed and 2n - 1 when the last one keeps its logits (the last
+    chunk is the full `chunk` positions, the remainder goes first). Values and gradients agree.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from hapo_cli.train.scorer import ResponseScorer
+
+    cfg = Qwen2Config(vocab_size=53, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(cfg).double()
+    B, P = 1, 3
+    ids = torch.randint(1, 53, (B, P + L))
+    att = torch.ones_like(ids)
+    resp = ids[:, P:]
+    widths: list[int] = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    results = {}
+    for keep in (True, False):
+        widths.clear()
+        model.zero_grad()
+        lp, ent = ResponseScorer(model, chunk_size=chunk, keep_last_chunk=keep)(ids, att, resp, temperature=0.9)
+        (lp.sum() + 0.3 * ent.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[keep] = (lp.detach(), ent.detach(), grads, list(widths))
+    hook.remove()
+    n = -(-L // chunk)
+    forward_kept, forward_all = results[True][3], results[False][3]
+    if L <= chunk:  # one chunk: never checkpointed, either way
+        assert forward_kept == forward_all == [L]
+    else:
+        assert len(forward_all) == 2 * n and sum(forward_all) == 2 * L
+        assert len(forward_kept) == 2 * n - 1 and sum(forward_kept) == 2 * L - chunk
+        assert forward_kept[n - 1] == chunk  # the kept chunk is a full one, projected last in the forward
+    for a, b in zip(results[True][:3], results[False][:3]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)

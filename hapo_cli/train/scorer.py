@@ -1,8 +1,11 @@
 """`ResponseScorer`: the module the trainer wraps with DDP/FSDP.
 
 Its forward returns per-token log-probs and entropies of the response tokens, projecting hidden
-states to the vocabulary in chunks (with gradients, each chunk is recomputed in backward). A
-chunk's logits stay in the model's dtype (bf16: the matmul accumulates in float32); the
+states to the vocabulary in chunks. With gradients, the last chunk keeps its logits for the
+backward and every earlier chunk is recomputed there (activation checkpointing): at most one
+chunk's logits are held between forward and backward, and only the tokens beyond one chunk are
+projected twice (recomputing every chunk cost one extra vocabulary projection of the whole
+micro-batch, about a quarter of a CPU update step at Qwen2.5's vocabulary). A chunk's logits stay in the model's dtype (bf16: the matmul accumulates in float32); the
 log-probs and entropies come from one fused kernel that converts only a small block of rows at a
 time to float32, so neither the full `[B, L, V]` logits nor a float32 copy of one chunk is ever
 held, in the forward or the backward.
@@ -28,12 +31,16 @@ class ResponseScorer(nn.Module):
 
     `chunk_size`: tokens per vocabulary-projection chunk; None picks it from the vocabulary
     (`LOGITS_PER_CHUNK // V` tokens: the whole batch for a tiny vocabulary, ~1.8k tokens for Qwen2.5).
+    `keep_last_chunk`: with gradients, keep the last chunk's logits for the backward (default) or
+    recompute every chunk (False: nothing held between forward and backward, one more projection).
+    Values and gradients are the same either way, up to float rounding of the chunk boundaries.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, chunk_size: int | None = None, keep_last_chunk: bool = True):
         super().__init__()
         self.model = model
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.keep_last_chunk = bool(keep_last_chunk)
 
     def chunk_tokens(self, vocab: int) -> int:
         """Tokens per projection chunk for a vocabulary of `vocab` entries."""
@@ -64,10 +71,13 @@ class ResponseScorer(nn.Module):
         step = max(1, self.chunk_tokens(V) // max(1, B))  # response positions per chunk
         if step >= L:
             return project(hidden, response_ids)
+        grad = torch.is_grad_enabled() and hidden.requires_grad
+        kept = L - step if grad and self.keep_last_chunk else L  # positions from `kept` on: one chunk, not recomputed
+        bounds = [(s, min(s + step, kept)) for s in range(0, kept, step)] + ([(kept, L)] if kept < L else [])
         outs = []
-        for s in range(0, L, step):
-            h, y = hidden[:, s : s + step], response_ids[:, s : s + step]
-            if torch.is_grad_enabled() and h.requires_grad:
+        for s, e in bounds:
+            h, y = hidden[:, s:e], response_ids[:, s:e]
+            if grad and s < kept:
                 outs.append(checkpoint(project, h, y, use_reentrant=False))
             else:
                 outs.append(project(h, y))
