@@ -146,7 +146,7 @@ class AlgorithmConfig:
     mask_truncated: bool = False  # drop truncated responses from the loss
     kl_coef: float = 0.0  # KL penalty to the reference (initial) policy, k3 estimator (0: off, no ref model)
     entropy_coef: float = 0.0  # entropy bonus coefficient (0: off)
-    entropy_source: str = "old_pass"  # token entropy for h/stats: old_pass (the trainer's no-grad forward) or rollout (kept while generating, no old-pass needed before the first update; hf: equal to old_pass up to float rounding, vllm: differs by engine numerics)
+    entropy_source: str = "old_pass"  # token entropy for h/stats: old_pass (the trainer's no-grad forward) or rollout (kept while generating, no old-pass needed before the first update; hf: equal to old_pass up to float rounding; vllm returns no entropies, refused: an engine that did would differ by its numerics)
     loss: str = "ppo"  # policy loss by name (algo POLICY_LOSSES): ppo (clipped, with C and D), archer, edge, gspo, gspo_token, cispo, clip_cov, kl_cov
     token_mask: Optional[str] = None  # restrict the policy gradient to selected tokens: forking (Forking Tokens); null: every token
     agg_scope: str = "global"  # global (one normaliser per mini-batch) or reference_microbatch (per micro-batch, weighted by its responses)

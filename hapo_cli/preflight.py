@@ -93,11 +93,19 @@ def check_preset(cfg: Any) -> None:
                     f"run it on a GPU machine (pip install 'hapo[vllm]'), or a scaled-down version here: {SCALED_DOWN}")
 
 
+def check_entropy_source(cfg: Any) -> None:
+    """algorithm.entropy_source=rollout needs an engine that keeps entropies while generating (hf)."""
+    if cfg.algorithm.entropy_source == "rollout" and cfg.rollout.engine != "hf":
+        raise HapoError(f"algorithm.entropy_source=rollout needs rollout.engine=hf (the {cfg.rollout.engine} engine "
+                        "returns no entropies): use algorithm.entropy_source=old_pass, or rollout.engine=hf")
+
+
 def preflight(cfg: Any) -> None:
     """Everything `hapo train` can check before the model loads (cfg: a composed `config.Config`)."""
     from hapo_cli.models import ensure_reachable
 
     check_preset(cfg)
+    check_entropy_source(cfg)
     check_device(cfg.trainer.device, "trainer.device")
     check_engine(cfg.rollout.engine, "rollout.engine")
     check_wandb(cfg.logger)

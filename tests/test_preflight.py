@@ -54,6 +54,14 @@ def test_device_spelling_and_cpu():
         pf.check_device("gpu")
 
 
+def test_rollout_entropy_needs_the_hf_engine():
+    with pytest.raises(HapoError) as err:  # refused before the engine check: the pair cannot work anywhere
+        pf.preflight(_cfg("rollout=vllm", "algorithm=hapo", "algorithm.entropy_source=rollout"))
+    assert str(err.value) == ("algorithm.entropy_source=rollout needs rollout.engine=hf (the vllm engine returns no "
+                              "entropies): use algorithm.entropy_source=old_pass, or rollout.engine=hf")
+    pf.check_entropy_source(_cfg("algorithm=hapo", "algorithm.entropy_source=rollout"))  # hf: passes
+
+
 @pytest.mark.skipif(pf.vllm_installed(), reason="vLLM is installed here")
 def test_vllm_engine_without_vllm():
     with pytest.raises(HapoError) as err:
