@@ -28,13 +28,15 @@ class EngineSettings:
     max_model_len: int | None = None  # vllm: prompt + response cap (bounds the KV cache)
     trust_remote_code: bool = False  # vllm: passed to the engine's loader
     colocated: bool = True  # vllm: shares the GPU with a trainer (sleep mode, weight sync, ATS factors)
+    sampler: str = "inverse_cdf"  # hf: inverse_cdf (one uniform per row; fast on CPU) or multinomial (transformers' own; the former default)
     return_logprobs: bool = False  # hf: fill Rollout.logprobs with each sampled token's processed log-prob (vllm: always when colocated)
 
 
 def _hf(settings: EngineSettings, model, tokenizer, model_path: str | None):
     from hapo_cli.rollout.hf import HFRolloutEngine
 
-    return HFRolloutEngine(model, tokenizer, batch_size=settings.batch_size, return_logprobs=settings.return_logprobs)
+    return HFRolloutEngine(model, tokenizer, batch_size=settings.batch_size, return_logprobs=settings.return_logprobs,
+                          sampler=settings.sampler)
 
 
 def _vllm(settings: EngineSettings, model, tokenizer, model_path: str | None):
