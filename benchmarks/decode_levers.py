@@ -1,5 +1,9 @@
-"""Generation levers on CPU: transformers' dynamic KV cache (hapo's default) vs a static cache vs a
-static cache with the decode step compiled (`torch.compile` through transformers' CompileConfig).
+"""Generation levers on CPU: the sampler, the KV cache, a compiled decode step.
+
+Variants: `multinomial` (transformers' own sampling draw, the former default), `dynamic` (hapo's
+default: its inverse-CDF sampler, transformers' dynamic KV cache), `static` (a static cache) and
+`static+compile` (a static cache with the decode step compiled by `torch.compile`, through
+transformers' CompileConfig); all but the first with the inverse-CDF sampler.
 
 The HF engine (`hapo_cli.rollout.hf.HFRolloutEngine`) samples P prompts x G responses at the
 benchmark shape with ATS on (HAPO's rollout), the variant set on the model's generation_config
@@ -8,7 +12,7 @@ same machine load. EOS is suppressed, so every call generates the same number of
 compiled variant's first call (its warmup, left out) includes the compilation; it is printed.
 
     python benchmarks/decode_levers.py                                  # qwen2.5-0.5b, 4 x 8 x 64 tokens
-    python benchmarks/decode_levers.py --response-length 256 --variants dynamic,static
+    python benchmarks/decode_levers.py --response-length 256 --variants multinomial,dynamic
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("dynamic", "static", "static+compile")
+VARIANTS = ("multinomial", "dynamic", "static", "static+compile")
 STATS = {"q": 0.5, "s": 0.8, "z_max": 2.0, "z_min": -3.0}
 
 
@@ -31,8 +35,12 @@ def configure(model, variant: str) -> None:
     from transformers import CompileConfig
 
     gc = model.generation_config
-    gc.cache_implementation = None if variant == "dynamic" else "static"
-    gc.compile_config = CompileConfig(_compile_all_devices=True) if variant.endswith("compile") else None
+    gc.cache_implementation = "static" if variant.startswith("static") else None
+    if variant.endswith("compile"):
+        gc.compile_config = CompileConfig()
+        gc.compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+    else:
+        gc.compile_config = None
     gc.disable_compile = not variant.endswith("compile")
 
 
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     path = ensure_shape_model(args.shape)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    engine = HFRolloutEngine(model, tok)
+    engines = {s: HFRolloutEngine(model, tok, sampler=s) for s in HFRolloutEngine.SAMPLERS}
     rows = synthetic.make_rows("train", None, seed=0)[: args.prompts]
     prompts = [tok(synthetic.format_prompt(r["question"]))["input_ids"] for r in rows]
     variants = [v for v in args.variants.split(",") if v]
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         p = SamplingParams(n=args.group_size, temperature=1.0, max_new_tokens=args.response_length, seed=seed,
                            ats=ATSParams(stats=STATS, tau=0.05))
         t0 = time.perf_counter()
-        roll = engine.generate(prompts, p)
+        roll = engines["multinomial" if v == "multinomial" else "inverse_cdf"].generate(prompts, p)
         dt = time.perf_counter() - t0
         assert int(roll.response_mask.sum()) == n_tok
         return dt
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             times[v].append(call(v, i + 1))
         print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants),
               file=sys.stderr, flush=True)
-    ref = variants[0]
+    ref = "dynamic" if "dynamic" in variants else variants[0]
     print(f"\n| variant | first call s | median s/call | tokens/s | x {ref} (median, min-max of paired ratios) |\n"
           "|---|---|---|---|---|")
     summary = {"shape": args.shape, "response_length": args.response_length, "responses": args.prompts * args.group_size}
