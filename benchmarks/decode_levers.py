@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import add_generation_args, alternate_rounds, load_generation_bench, settings_line  # noqa: E402
 
 VARIANTS = ("multinomial", "dynamic", "static", "static+compile")
 STATS = {"q": 0.5, "s": 0.8, "z_max": 2.0, "z_min": -3.0}
@@ -46,35 +46,14 @@ def configure(model, variant: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", default="qwen2.5-0.5b", help="tiny or qwen2.5-0.5b (benchmarks/shapes.py)")
-    ap.add_argument("--response-length", type=int, default=64, help="new tokens per response")
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3, help="calls per variant (after one warmup call each)")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    add_generation_args(ap, 64, VARIANTS)
     args = ap.parse_args(argv)
-    import torch
-    import transformers
-    from shapes import ensure_shape_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hapo_cli.data import synthetic
     from hapo_cli.rollout.base import ATSParams, SamplingParams
     from hapo_cli.rollout.hf import HFRolloutEngine
 
-    torch.set_num_threads(args.threads)
-    path = ensure_shape_model(args.shape)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model, tok, prompts, variants = load_generation_bench(args, VARIANTS)
     engines = {s: HFRolloutEngine(model, tok, sampler=s) for s in HFRolloutEngine.SAMPLERS}
-    rows = synthetic.make_rows("train", None, seed=0)[: args.prompts]
-    prompts = [tok(synthetic.format_prompt(r["question"]))["input_ids"] for r in rows]
-    variants = [v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        raise SystemExit(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
-    model.generation_config.min_new_tokens = args.response_length  # EOS suppressed: same work per call
     n_tok = args.prompts * args.group_size * args.response_length
 
     def call(v: str, seed: int) -> float:
@@ -91,13 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:  # warmup (the compiled variant compiles here)
         first[v] = call(v, 0)
         print(f"warmup {v}: {first[v]:.1f}s", file=sys.stderr, flush=True)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for i in range(args.rounds):
-        order = variants[i % len(variants):] + variants[: i % len(variants)]
-        for v in order:
-            times[v].append(call(v, i + 1))
-        print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants),
-              file=sys.stderr, flush=True)
+    times = alternate_rounds(variants, args.rounds, call)
     ref = "dynamic" if "dynamic" in variants else variants[0]
     print(f"\n| variant | first call s | median s/call | tokens/s | x {ref} (median, min-max of paired ratios) |\n"
           "|---|---|---|---|---|")
@@ -108,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {v} | {first[v]:.1f} | {med:.2f} | {n_tok / med:.0f} | {statistics.median(ratios):.3f}x "
               f"({min(ratios):.3f}-{max(ratios):.3f}) |")
         summary[f"{v}_over_{ref}"] = round(statistics.median(ratios), 4)
-    print(f"\n{args.shape}, {args.prompts} x {args.group_size} responses x {args.response_length} tokens, ATS on, "
-          f"float32, {args.threads} thread(s), {args.rounds} rounds; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("\n" + settings_line(args, "ATS on, "))
     print(json.dumps(summary))
 
 

@@ -65,3 +65,61 @@ def ensure_shape_model(shape: str, seed: int = 0) -> Path:
     tok.save_pretrained(tmp)
     os.replace(tmp, target)
     return target
+
+
+def add_generation_args(ap, response_length: int, variants: tuple[str, ...]) -> None:
+    """The options of the generation benchmarks (ats_overhead.py, decode_levers.py)."""
+    ap.add_argument("--shape", default="qwen2.5-0.5b", help="tiny or qwen2.5-0.5b (benchmarks/shapes.py)")
+    ap.add_argument("--response-length", type=int, default=response_length, help="new tokens per response")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="calls per variant (after one warmup call each)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--variants", default=",".join(variants), help=f"comma list from {', '.join(variants)}")
+
+
+def load_generation_bench(args, variants: tuple[str, ...]):
+    """-> (model, tokenizer, prompt ids, chosen variants): the shape's model in float32 with EOS suppressed
+    (`min_new_tokens`, so every call generates the same number of tokens) and the first synthetic prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hapo_cli.data import synthetic
+
+    chosen = [v for v in args.variants.split(",") if v]
+    bad = [v for v in chosen if v not in variants]
+    if bad or not chosen:
+        raise SystemExit(f"unknown variant(s) {bad}; choose from {', '.join(variants)}")
+    torch.set_num_threads(args.threads)
+    path = ensure_shape_model(args.shape)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.min_new_tokens = args.response_length
+    rows = synthetic.make_rows("train", None, seed=0)[: args.prompts]
+    prompts = [tok(synthetic.format_prompt(r["question"]))["input_ids"] for r in rows]
+    return model, tok, prompts, chosen
+
+
+def alternate_rounds(variants: list[str], rounds: int, call) -> dict[str, list[float]]:
+    """`call(variant, seed) -> seconds` for every variant in each round, the order rotating round by
+    round so every variant sees the same machine load; -> {variant: [seconds per round]}."""
+    import sys
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(rounds):
+        order = variants[i % len(variants):] + variants[: i % len(variants)]
+        for v in order:
+            times[v].append(call(v, i + 1))
+        print(f"round {i + 1}/{rounds}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants),
+              file=sys.stderr, flush=True)
+    return times
+
+
+def settings_line(args, what: str) -> str:
+    """The line under a generation benchmark's table: shape, batch, versions, load."""
+    import torch
+    import transformers
+
+    return (f"{args.shape}, {args.prompts} x {args.group_size} responses x {args.response_length} tokens, {what}"
+            f"float32, {args.threads} thread(s), {args.rounds} rounds; torch {torch.__version__}, transformers "
+            f"{transformers.__version__}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
