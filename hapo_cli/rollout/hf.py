@@ -17,7 +17,7 @@ the float64 cumulative distribution, and generate's greedy step picks that token
 `multinomial` sampler (`sampler="multinomial"`, the former behaviour, bit-for-bit) draws an
 exponential variate for EVERY vocabulary entry from the CPU generator, which is sequential: at
 Qwen2.5's 151,936 entries and 32 rows that was ~100-300 ms of every decoding step on CPU,
-a third of generation, and it does not get faster with threads. Both draw from the same
+about a quarter of generation time, and it does not get faster with threads. Both draw from the same
 distribution (`tests/test_hf_sampler.py`); the random streams differ, so a given seed gives other
 samples under the two. The sampled token's log-prob (`return_logprobs`) is recorded by the same
 processor, so generate no longer keeps every step's `[N, V]` scores for it.
