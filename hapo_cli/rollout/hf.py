@@ -135,7 +135,7 @@ class InverseCDFSampler:
         u = torch.rand(scores.shape[0], 1, device=scores.device)
         token = inverse_cdf_sample(probs, u)  # [N, 1]
         if self.record_logprobs:
-            self.logprobs.append((scores.gather(1, token) - torch.logsumexp(scores, -1, keepdim=True)).squeeze(1))
+            self.logprobs.append(probs.gather(1, token).log_().squeeze(1))  # the softmax above, not a second pass
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 

@@ -5,10 +5,11 @@ states to the vocabulary in chunks. With gradients, the last chunk keeps its log
 backward and every earlier chunk is recomputed there (activation checkpointing): at most one
 chunk's logits are held between forward and backward, and only the tokens beyond one chunk are
 projected twice (recomputing every chunk cost one extra vocabulary projection of the whole
-micro-batch, about a quarter of a CPU update step at Qwen2.5's vocabulary). A chunk's logits stay in the model's dtype (bf16: the matmul accumulates in float32); the
-log-probs and entropies come from one fused kernel that converts only a small block of rows at a
-time to float32, so neither the full `[B, L, V]` logits nor a float32 copy of one chunk is ever
-held, in the forward or the backward.
+micro-batch, about a fifth of a CPU forward+backward at Qwen2.5's vocabulary). A chunk's logits
+stay in the model's dtype (bf16: the matmul accumulates in float32); the log-probs and
+entropies come from one fused kernel that converts only a small block of rows at a time to
+float32, so neither the full `[B, L, V]` logits nor a float32 copy of one chunk is ever held, in
+the forward or the backward.
 """
 
 from __future__ import annotations
