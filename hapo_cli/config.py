@@ -269,6 +269,7 @@ class RolloutConfig:
     top_k: int = 0  # 0: off
     batch_size: int = 512  # sequences per generate call (memory)
     sampler: str = "inverse_cdf"  # hf only: inverse_cdf (one uniform per row through the float64 CDF; on CPU a third faster at a 152k vocabulary) or multinomial (transformers' own draw, the former default: same distribution, other samples for a seed)
+    entropy_kernel: str = "auto"  # hf only: the decoding-time entropy (ATS, rollout entropy): auto (one compiled kernel for CPU logits of >= 8192 entries, eager otherwise or when compiling fails), compiled, or eager (algo.token_entropy)
     gpu_memory_utilization: float = 0.5  # vllm only: share of GPU memory for the engine
     tensor_parallel_size: int = 1  # vllm only
 
@@ -500,6 +501,7 @@ _CHOICES = {
     "algorithm.stats_scope": ("batch", "microbatch"),
     "algorithm.entropy_source": ("old_pass", "rollout"),
     "rollout.sampler": ("inverse_cdf", "multinomial"),
+    "rollout.entropy_kernel": ("auto", "compiled", "eager"),
     "algorithm.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "trainer.lr_schedule": ("constant", "cosine"),

@@ -112,6 +112,7 @@ def test_conflicting_switches_are_refused():
         (["trainer.lr"], "override 'trainer.lr' is not key=value"),
         (["trainer.lr=fast"], "bad value for trainer.lr"),
         (["algorithm.entropy_mode=fancy"], "algorithm.entropy_mode='fancy' is not valid; choose one of: paper, reference"),
+        (["rollout.entropy_kernel=fast"], "rollout.entropy_kernel='fast' is not valid; choose one of: auto, compiled, eager"),
         (["algorithm.clip_ratio_c=1.0"], "algorithm.clip_ratio_c must be > 1"),
         (["trainer.train_batch_size=10", "trainer.mini_batch_size=4"], "must be a multiple of trainer.mini_batch_size"),
         (["trainer.group_size=1"], "trainer.group_size must be >= 2"),

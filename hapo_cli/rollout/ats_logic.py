@@ -190,9 +190,11 @@ class ATSScaler:
     the whole batch) the whole tensor is processed without any gather.
     """
 
-    def __init__(self, max_cached: int = 32):
+    def __init__(self, max_cached: int = 32, entropy_fn=None):
         self.max_cached = int(max_cached)
         self._stats: OrderedDict[tuple, Any] = OrderedDict()
+        # `logits [n, V] -> H [n]` of the raw logits (the HF engine's fused EntropyKernel); None: algo.token_entropy
+        self.entropy_fn = entropy_fn
 
     def stats_for(self, params: ATSRowParams, device: torch.device):
         key = (params.key[:4], str(device))
@@ -210,6 +212,8 @@ class ATSScaler:
         from hapo_cli.algo import adaptive_temperature
 
         stats = self.stats_for(params, logits.device)
+        if entropy is None and self.entropy_fn is not None:
+            entropy = self.entropy_fn(logits)  # [n]
         return adaptive_temperature(logits, 1.0, stats, params.tau, mode=params.mode, entropy=entropy)  # [n] = 1 + tau*h
 
     def apply(self, logits: Tensor, rows: Sequence[ATSRowParams | None], inplace: bool = False,

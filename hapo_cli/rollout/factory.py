@@ -29,6 +29,7 @@ class EngineSettings:
     trust_remote_code: bool = False  # vllm: passed to the engine's loader
     colocated: bool = True  # vllm: shares the GPU with a trainer (sleep mode, weight sync, ATS factors)
     sampler: str = "inverse_cdf"  # hf: inverse_cdf (one uniform per row; fast on CPU) or multinomial (transformers' own; the former default)
+    entropy_kernel: str = "auto"  # hf: auto (compiled on CPU at a real vocabulary), compiled or eager
     return_logprobs: bool = False  # hf: fill Rollout.logprobs with each sampled token's processed log-prob (vllm: always when colocated)
 
 
@@ -36,7 +37,7 @@ def _hf(settings: EngineSettings, model, tokenizer, model_path: str | None):
     from hapo_cli.rollout.hf import HFRolloutEngine
 
     return HFRolloutEngine(model, tokenizer, batch_size=settings.batch_size, return_logprobs=settings.return_logprobs,
-                          sampler=settings.sampler)
+                          sampler=settings.sampler, entropy_kernel=settings.entropy_kernel)
 
 
 def _vllm(settings: EngineSettings, model, tokenizer, model_path: str | None):

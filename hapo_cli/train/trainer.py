@@ -143,7 +143,7 @@ class Trainer:
         settings = EngineSettings(engine=r.engine, batch_size=r.batch_size, dtype=vllm_dtype(m.dtype), seed=cfg.seed,
                                   gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
                                   max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
-                                  trust_remote_code=m.trust_remote_code, sampler=r.sampler,
+                                  trust_remote_code=m.trust_remote_code, sampler=r.sampler, entropy_kernel=r.entropy_kernel,
                                   # rollout correction reads each sampled token's processed log-prob from the engine
                                   return_logprobs=self.objective.needs_behaviour_logp and self.objective.behaviour_logp == "engine")
         self.engine = build_engine(settings, self.model, tok, model_path=path)
