@@ -77,11 +77,6 @@ class EntropyKernel:
         self.mode = mode
         self.min_vocab = int(min_vocab)
 
-    @property
-    def failed(self) -> str | None:
-        """Why compiling failed in this process (then `auto` computes eagerly), or None."""
-        return _FAILED
-
     def uses_compiled(self, logits: Tensor) -> bool:
         if self.mode == "eager" or (self.mode == "auto" and _FAILED is not None):
             return False
@@ -98,7 +93,8 @@ class EntropyKernel:
                 with torch.no_grad():
                     return _compiled()(logits)
             except Exception as exc:  # noqa: BLE001 - any compile failure (compiler missing, inductor error)
-                why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                first = (str(exc).strip().splitlines() or [""])[0]
+                why = f"{type(exc).__name__}: {first}"
                 if self.mode == "compiled":
                     raise HapoError(f"rollout.entropy_kernel=compiled: torch.compile failed ({why}); "
                                        "use rollout.entropy_kernel=auto or eager") from exc
